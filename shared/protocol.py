@@ -1,0 +1,201 @@
+"""The agent ⇄ relay wire protocol (WebSocket text frames of JSON), version 1.
+
+Every frame is one object ``{"v": 1, "type": ..., ...}``. The session opens with a
+proof of key possession that a stolen bearer token cannot replay::
+
+    relay → agent   challenge {nonce}
+    agent → relay   auth {signature over auth_message(device_id, nonce)}
+    relay → agent   welcome {device_id, audit_seq, audit_hash}
+
+then, in any order:
+
+    agent → relay   heartbeat {telemetry}
+    relay → agent   task {task}                 (at-least-once; agent dedups by id)
+    agent → relay   task_received {task_id}
+    agent → relay   task_result {task_id, status, ok, output, error, started_at, finished_at}
+    relay → agent   result_ack {task_id}        (agent then forgets the stored result)
+    agent → relay   audit_batch {records, signature}
+    relay → agent   audit_ack {last_seq, head_hash} | audit_nack {code, detail, expected_seq}
+    either          error {code, detail}
+
+``docs/api/ws.md`` is the prose reference; the models here are the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from coact.shared.canonical import canonical_json
+from coact.shared.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+AUTH_PURPOSE = "coact.ws.auth.v1"
+TOKEN_PURPOSE = "coact.device.token.v1"
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+MAX_AUDIT_BATCH = 1000
+
+TaskStatus = Literal[
+    "created", "rejected", "awaiting_approval", "approved", "queued", "dispatched",
+    "running", "succeeded", "failed", "timed_out", "cancelled", "expired",
+]
+FINAL_STATUSES: frozenset[str] = frozenset(
+    {"rejected", "succeeded", "failed", "timed_out", "cancelled", "expired"}
+)
+ResultStatus = Literal["succeeded", "failed", "timed_out", "denied"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    v: Literal[1] = PROTOCOL_VERSION
+
+
+class TaskSpec(BaseModel):
+    """What the agent needs to run one task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str = Field(min_length=1, max_length=64)
+    action: str = Field(min_length=1, max_length=64)
+    params: dict[str, Any]
+    timeout_s: float = Field(gt=0, le=86400)
+    expires_at: str | None = None
+
+
+class AuditRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    device_id: str = Field(max_length=64)
+    seq: int = Field(ge=1)
+    ts: str = Field(max_length=40)
+    kind: str = Field(max_length=64)
+    task_id: str | None = Field(default=None, max_length=64)
+    data: dict[str, Any]
+    prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Challenge(_Message):
+    type: Literal["challenge"] = "challenge"
+    nonce: str = Field(min_length=16, max_length=128)
+
+
+class Auth(_Message):
+    type: Literal["auth"] = "auth"
+    signature: str = Field(max_length=128)
+    agent_version: str = Field(default="", max_length=64)
+
+
+class Welcome(_Message):
+    type: Literal["welcome"] = "welcome"
+    device_id: str
+    audit_seq: int
+    audit_hash: str
+
+
+class Heartbeat(_Message):
+    type: Literal["heartbeat"] = "heartbeat"
+    telemetry: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskMessage(_Message):
+    type: Literal["task"] = "task"
+    task: TaskSpec
+
+
+class TaskReceived(_Message):
+    type: Literal["task_received"] = "task_received"
+    task_id: str = Field(max_length=64)
+
+
+class TaskResult(_Message):
+    type: Literal["task_result"] = "task_result"
+    task_id: str = Field(max_length=64)
+    status: ResultStatus
+    ok: bool
+    output: Any = None
+    error: str | None = Field(default=None, max_length=4096)
+    started_at: str | None = None
+    finished_at: str
+
+
+class ResultAck(_Message):
+    type: Literal["result_ack"] = "result_ack"
+    task_id: str
+
+
+class AuditBatch(_Message):
+    type: Literal["audit_batch"] = "audit_batch"
+    records: list[AuditRecord] = Field(min_length=1, max_length=MAX_AUDIT_BATCH)
+    signature: str = Field(max_length=128)
+
+
+class AuditAck(_Message):
+    type: Literal["audit_ack"] = "audit_ack"
+    last_seq: int
+    head_hash: str
+
+
+class AuditNack(_Message):
+    type: Literal["audit_nack"] = "audit_nack"
+    code: str
+    detail: str
+    expected_seq: int | None = None
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    code: str
+    detail: str
+
+
+AgentMessage = Annotated[
+    Auth | Heartbeat | TaskReceived | TaskResult | AuditBatch | Error, Field(discriminator="type")
+]
+RelayMessage = Annotated[
+    Challenge | Welcome | TaskMessage | ResultAck | AuditAck | AuditNack | Error,
+    Field(discriminator="type"),
+]
+_agent_adapter: TypeAdapter[AgentMessage] = TypeAdapter(AgentMessage)
+_relay_adapter: TypeAdapter[RelayMessage] = TypeAdapter(RelayMessage)
+
+AGENT_MESSAGE_TYPES = ("auth", "heartbeat", "task_received", "task_result", "audit_batch", "error")
+RELAY_MESSAGE_TYPES = (
+    "challenge", "welcome", "task", "result_ack", "audit_ack", "audit_nack", "error",
+)
+
+
+def _parse(adapter: TypeAdapter[Any], frame: str | bytes) -> Any:
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        return adapter.validate_json(frame)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "message"
+        raise ProtocolError(f"{where}: {first['msg']}") from exc
+
+
+def parse_agent_message(frame: str | bytes) -> AgentMessage:
+    """Parse a frame the relay received from an agent (raises :class:`ProtocolError`)."""
+    result: AgentMessage = _parse(_agent_adapter, frame)
+    return result
+
+
+def parse_relay_message(frame: str | bytes) -> RelayMessage:
+    """Parse a frame the agent received from the relay (raises :class:`ProtocolError`)."""
+    result: RelayMessage = _parse(_relay_adapter, frame)
+    return result
+
+
+def encode(message: BaseModel) -> str:
+    return message.model_dump_json()
+
+
+def auth_message(device_id: str, nonce: str) -> bytes:
+    """What the agent signs to prove, on this socket, that it holds the device key."""
+    return canonical_json({"purpose": AUTH_PURPOSE, "device_id": device_id, "nonce": nonce})
+
+
+def token_request_message(device_id: str, ts: str, nonce: str) -> bytes:
+    """What the agent signs to ask ``POST /devices/token`` for an access token."""
+    return canonical_json({"purpose": TOKEN_PURPOSE, "device_id": device_id, "ts": ts, "nonce": nonce})
