@@ -341,8 +341,8 @@ ACTIONS: Mapping[str, ActionSpec] = _catalog(
             "encoding": _ENCODING,
             "overwrite": _flag("Replace the file if it exists."),
             "mode": ParamSpec(
-                "integer", "Permission bits of a new file (420 = 0o644).", default=0o644,
-                minimum=0, maximum=0o7777,
+                "integer", "Permission bits of a new file (420 = 0o644); no setuid, "
+                "setgid or sticky bits.", default=0o644, minimum=0, maximum=0o777,
             ),
         },
         paths_written=("path",), base_risk="medium", payload=("content", "encoding"),

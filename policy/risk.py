@@ -137,9 +137,7 @@ def _factors(spec: ActionSpec, p: Mapping[str, Any]) -> list[tuple[int, str]]:
         found.append((10, "may overwrite an existing file"))
     if spec.name == "file.write":
         mode = p["mode"]
-        if mode & 0o6000:
-            found.append((30, f"sets the setuid/setgid bit (mode {mode:#o})"))
-        elif mode & 0o111:
+        if mode & 0o111:
             found.append((15, f"makes the file executable (mode {mode:#o})"))
     if spec.name == "file.delete" and p["recursive"]:
         found.append((20, "deletes a whole directory tree"))
