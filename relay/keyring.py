@@ -32,14 +32,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from coact.shared import keys as shared_keys
-from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
-from coact.shared.errors import CoactError, SignatureError
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+
+from coact.shared import keys as shared_keys
+from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
+from coact.shared.errors import CoactError, SignatureError
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1

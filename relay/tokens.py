@@ -34,10 +34,11 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from coact.relay.keyring import KeyRing
 from coact.shared.clock import Clock
 from coact.shared.errors import CoactError
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 USER_ACCESS = "coact-user+jwt"
 DEVICE_ACCESS = "coact-device+jwt"

@@ -1,0 +1,111 @@
+"""User accounts: signup, login, refresh-token rotation, logout, and who am I."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from coact.relay.api.context import services
+from coact.relay.api.models import (
+    LoginRequest,
+    RefreshRequest,
+    SignupRequest,
+    TokenPair,
+    UserEnvelope,
+)
+from coact.relay.errors import BadRequest, Forbidden, Unauthorized
+from coact.relay.passwords import check_password_strength
+from coact.relay.routing import ANY_USER, PUBLIC, Call, RouteTable
+from coact.relay.services import Services
+from coact.relay.storage import Row
+from coact.relay.tokens import hash_refresh_token, new_refresh_token
+
+routes = RouteTable("auth")
+
+BAD_LOGIN = "email or password is wrong"
+
+
+def user_view(user: Row) -> dict[str, Any]:
+    return {k: user[k] for k in ("id", "org_id", "email", "role", "disabled", "created_at")}
+
+
+async def _token_pair(svc: Services, user: Row, family_id: str | None = None) -> TokenPair:
+    access, _claims = svc.issuer.issue_user_token(user["id"], user["org_id"], user["role"])
+    refresh, refresh_hash = new_refresh_token()
+    await svc.store.issue_refresh_token(user, refresh_hash, svc.settings.refresh_token_ttl_s, family_id)
+    return TokenPair(access_token=access, refresh_token=refresh, expires_in=svc.settings.access_token_ttl_s)
+
+
+@routes.route("POST", "/api/v1/auth/signup", access=PUBLIC, body=SignupRequest, response=UserEnvelope,
+              status=201, summary="Create an organisation and its first user, an admin", errors=(400, 403, 409))
+async def signup(call: Call) -> UserEnvelope:
+    svc = services(call.request)
+    body: SignupRequest = call.body
+    if not svc.settings.allow_signup:
+        raise Forbidden("signup is disabled on this relay")
+    problem = check_password_strength(body.password)
+    if problem:
+        raise BadRequest(f"body.password: {problem}")
+    email = body.email.strip().lower()
+    password_hash = await asyncio.to_thread(svc.passwords.hash, body.password)
+    user = await svc.store.create_org_with_admin(email, password_hash, body.org_name or email)
+    return UserEnvelope.model_validate({"user": user_view(user)})
+
+
+@routes.route("POST", "/api/v1/auth/login", access=PUBLIC, body=LoginRequest, response=TokenPair,
+              summary="Exchange email and password for an access and a refresh token", errors=(400, 401))
+async def login(call: Call) -> TokenPair:
+    svc = services(call.request)
+    body: LoginRequest = call.body
+    user = await svc.store.user_by_email(body.email.strip().lower())
+    if user is None:
+        # Same work, same answer as a wrong password: no account enumeration.
+        await asyncio.to_thread(svc.passwords.dummy_verify, body.password)
+        raise Unauthorized(BAD_LOGIN)
+    if not await asyncio.to_thread(svc.passwords.verify, user["password_hash"], body.password) or user["disabled"]:
+        await svc.store.record_event(user["org_id"], "user.login_failed", {"user_id": user["id"]})
+        raise Unauthorized(BAD_LOGIN)
+    if svc.passwords.needs_rehash(user["password_hash"]):
+        await svc.store.set_password_hash(user["id"], await asyncio.to_thread(svc.passwords.hash, body.password))
+    await svc.store.record_event(user["org_id"], "user.login", {"user_id": user["id"]})
+    return await _token_pair(svc, user)
+
+
+@routes.route("POST", "/api/v1/auth/refresh", access=PUBLIC, body=RefreshRequest, response=TokenPair,
+              summary="Rotate a refresh token: the old one is spent; reusing it revokes its family",
+              errors=(400, 401))
+async def refresh(call: Call) -> TokenPair:
+    svc = services(call.request)
+    body: RefreshRequest = call.body
+    outcome, token = await svc.store.consume_refresh_token(hash_refresh_token(body.refresh_token))
+    if outcome == "reused":
+        raise Unauthorized("refresh token was already used; its session has been revoked")
+    if outcome != "ok" or token is None:
+        raise Unauthorized("refresh token is not valid")
+    user = await svc.store.user_by_id(token["org_id"], token["user_id"])
+    if user is None or user["disabled"]:
+        raise Unauthorized("this account is disabled or gone")
+    return await _token_pair(svc, user, token["family_id"])
+
+
+@routes.route("POST", "/api/v1/auth/logout", access=ANY_USER, body=RefreshRequest, status=204,
+              summary="Revoke the session (refresh token family) of this refresh token", errors=(401,))
+async def logout(call: Call) -> None:
+    svc = services(call.request)
+    body: RefreshRequest = call.body
+    await svc.store.revoke_refresh_family(hash_refresh_token(body.refresh_token), call.user.subject)
+    return None
+
+
+@routes.route("GET", "/api/v1/me", access=ANY_USER, response=UserEnvelope, summary="The calling user")
+async def me(call: Call) -> UserEnvelope:
+    svc = services(call.request)
+    user = await svc.store.user_by_id(call.user.org_id, call.user.subject)
+    if user is None:
+        raise Unauthorized("this account is gone")
+    return UserEnvelope.model_validate({"user": user_view(user)})
+
+
+@routes.route("GET", "/.well-known/jwks.json", access=PUBLIC, summary="The relay's public token-signing keys (JWKS)")
+async def jwks(call: Call) -> dict[str, Any]:
+    return services(call.request).keyring.jwks()

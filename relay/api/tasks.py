@@ -1,0 +1,94 @@
+"""Tasks: create (validated, risk-assessed, persisted before dispatch), list, get, cancel."""
+
+from __future__ import annotations
+
+from coact.policy.actions import validate_params
+from coact.policy.errors import ParamsError
+from coact.policy.risk import assess
+from coact.relay.api.context import services
+from coact.relay.api.models import CreateTaskRequest, Page, Task, TaskQuery
+from coact.relay.errors import BadRequest, Conflict, NotFound
+from coact.relay.routing import ANY_USER, OPERATOR, Call, RouteTable
+from coact.relay.storage import Row
+from coact.shared.clock import from_rfc3339, to_rfc3339
+
+routes = RouteTable("tasks")
+
+
+def task_view(task: Row) -> Task:
+    return Task.model_validate(task)
+
+
+@routes.route("POST", "/api/v1/tasks", access=OPERATOR, body=CreateTaskRequest, response=Task, status=201,
+              summary="Create a task for a device; it is queued until the device is online",
+              errors=(400, 404, 409))
+async def create_task(call: Call) -> Task:
+    svc = services(call.request)
+    body: CreateTaskRequest = call.body
+    try:
+        params = validate_params(body.action, body.params)
+    except ParamsError as exc:
+        raise BadRequest(str(exc)) from exc
+    device = await svc.store.device(call.user.org_id, body.device_id)
+    if device is None:
+        raise NotFound("no such device")
+    if device["status"] != "active":
+        raise Conflict("device is revoked")
+    now = svc.clock.now()
+    if body.expires_at is not None:
+        try:
+            expires = from_rfc3339(body.expires_at)
+        except ValueError as exc:
+            raise BadRequest(f"body.expires_at: {exc}") from exc
+        if expires <= now:
+            raise BadRequest("body.expires_at: already in the past")
+        expires_at = to_rfc3339(expires)
+    else:
+        expires_at = svc.store.later(svc.settings.task_default_ttl_s)
+    risk = assess(body.action, params)
+    task = await svc.store.create_task(
+        org_id=call.user.org_id,
+        device_id=device["id"],
+        action=body.action,
+        params=params,
+        risk={"level": risk.level, "score": risk.score, "reasons": list(risk.reasons)},
+        status="queued",
+        created_by=call.user.subject,
+        timeout_s=body.timeout_s or svc.settings.task_default_timeout_s,
+        expires_at=expires_at,
+    )
+    svc.events.publish(call.user.org_id, "task", {"task_id": task["id"], "device_id": device["id"], "status": "queued"})
+    svc.hub.nudge(device["id"])
+    return task_view(task)
+
+
+@routes.route("GET", "/api/v1/tasks", access=ANY_USER, query=TaskQuery, response=Page[Task],
+              summary="List tasks, newest first, optionally by device and status")
+async def list_tasks(call: Call) -> Page[Task]:
+    svc = services(call.request)
+    query: TaskQuery = call.query
+    rows = await svc.store.list_tasks(
+        call.user.org_id, device_id=query.device_id, status=query.status, limit=query.limit + 1, cursor=query.cursor
+    )
+    items = [task_view(r) for r in rows[: query.limit]]
+    return Page[Task](items=items, next_cursor=items[-1].id if len(rows) > query.limit else None)
+
+
+@routes.route("GET", "/api/v1/tasks/{id}", access=ANY_USER, response=Task,
+              summary="One task, with its result once finished", errors=(404,))
+async def get_task(call: Call) -> Task:
+    task = await services(call.request).store.task(call.user.org_id, call.path_id())
+    if task is None:
+        raise NotFound("no such task")
+    return task_view(task)
+
+
+@routes.route("POST", "/api/v1/tasks/{id}/cancel", access=OPERATOR, response=Task,
+              summary="Cancel a task that has not finished", errors=(404, 409))
+async def cancel_task(call: Call) -> Task:
+    svc = services(call.request)
+    task = await svc.store.cancel_task(call.user.org_id, call.path_id(), call.user.subject)
+    svc.events.publish(call.user.org_id, "task", {"task_id": task["id"], "device_id": task["device_id"], "status": "cancelled"})
+    return task_view(task)
+
+

@@ -1,0 +1,105 @@
+"""The relay application factory: ``create_app(settings) -> web.Application``.
+
+Resources (state database, audit store, keys) are opened in ``cleanup_ctx`` and the
+background loops (audit forwarder, task sweeper) are owned by it: they start with the
+app and are cancelled and awaited when it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from coact.relay.api import audit as audit_api
+from coact.relay.api import auth as auth_api
+from coact.relay.api import devices as devices_api
+from coact.relay.api import meta as meta_api
+from coact.relay.api import tasks as tasks_api
+from coact.relay.api.context import SERVICES
+from coact.relay.audit import AuditPipeline
+from coact.relay.audit_store import AuditStore
+from coact.relay.events import EventBus
+from coact.relay.hub import Hub
+from coact.relay.keyring import KeyRing
+from coact.relay.openapi import build_openapi
+from coact.relay.problems import problem_middleware
+from coact.relay.routing import Route, RouteTable, install
+from coact.relay.services import Services, password_hasher, token_issuer
+from coact.relay.settings import Settings
+from coact.relay.storage import Store
+from coact.shared.clock import Clock, SystemClock
+
+log = logging.getLogger("coact.relay")
+
+VERSION = "0.1.0"
+ROUTE_TABLES: list[RouteTable] = [
+    meta_api.routes, auth_api.routes, devices_api.routes, tasks_api.routes, audit_api.routes,
+]
+ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
+
+
+async def _sweeper(svc: Services) -> None:
+    while True:
+        try:
+            for task in await svc.store.sweep_tasks():
+                svc.events.publish(task["org_id"], "task", {"task_id": task["id"], "device_id": task["device_id"], "status": task["status"]})
+        except Exception:
+            log.exception("task sweep failed; will retry")
+        await asyncio.sleep(svc.settings.sweep_interval_s)
+
+
+def create_app(settings: Settings, clock: Clock | None = None) -> web.Application:
+    clock = clock or SystemClock()
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
+    routes = install(app, ROUTE_TABLES, _authenticate)
+    app[ROUTES] = routes
+    app[meta_api.OPENAPI] = build_openapi(routes, VERSION, settings.effective_public_url)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        keyring = await asyncio.to_thread(KeyRing.load_or_create, settings.data_dir / "keys" / "tokens", clock)
+        # A separate, never-rotated key: the relay identity agents pin and the signer of
+        # the relay's own audit chains.
+        identity = await asyncio.to_thread(KeyRing.load_or_create, settings.data_dir / "keys" / "identity", clock)
+        identity_key = identity.active().private_key
+        from coact.shared.keys import public_key_b64
+
+        store = await Store.open(settings.effective_database_url, clock, settings.relay_id, public_key_b64(identity_key))
+        sink = await asyncio.to_thread(AuditStore.open, settings.effective_audit_url)
+        await asyncio.to_thread(sink.ensure_schema)
+        audit = AuditPipeline(store, sink, identity_key)
+        svc = Services(
+            settings=settings, clock=clock, store=store, keyring=keyring,
+            issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),
+            events=EventBus(), audit=audit, hub=None,  # type: ignore[arg-type]
+        )
+        svc.hub = Hub(svc)
+        app[SERVICES] = svc
+        loops = [
+            asyncio.create_task(audit.run_forwarder(settings.audit_flush_interval_s), name="audit-forwarder"),
+            asyncio.create_task(_sweeper(svc), name="task-sweeper"),
+        ]
+        try:
+            yield
+        finally:
+            await svc.hub.close_all()
+            for loop in loops:
+                loop.cancel()
+            for loop in loops:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
+            with contextlib.suppress(Exception):
+                await audit.forward_relay_events()
+            await store.close()
+            await asyncio.to_thread(sink.close)
+
+    app.cleanup_ctx.append(resources)
+    return app
+
+
+async def _authenticate(request: web.Request, access):  # type: ignore[no-untyped-def]
+    return await request.app[SERVICES].authenticate(request, access)

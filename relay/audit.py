@@ -1,0 +1,132 @@
+"""The audit pipeline: verify device batches and forward the relay's own events into
+ClickHouse, acknowledging nothing before it is stored.
+
+Ingest order for a device batch (DESIGN §5): records must belong to the sending
+device; records at or below the stored head must match what is stored (else a fork,
+a security event); the rest must continue the chain from the head with valid hashes;
+the batch signature must verify with the device's enrolled key; then the rows are
+inserted idempotently, the head advances by compare-and-set, and only then is the
+batch acknowledged. A crash anywhere before the ack means the agent resends the
+batch, and the idempotent insert keeps ClickHouse free of duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from itertools import groupby
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coact.relay.audit_store import AuditStore
+from coact.relay.storage import Row, Store
+from coact.shared import keys
+from coact.shared.chain import (
+    GENESIS,
+    check_overlap,
+    sign_batch,
+    verify_batch_signature,
+    verify_chain,
+)
+from coact.shared.errors import ChainError, ChainForkError, ChainGapError
+from coact.shared.protocol import AuditAck, AuditNack
+
+log = logging.getLogger("coact.relay.audit")
+
+
+class AuditPipeline:
+    def __init__(self, store: Store, sink: AuditStore, relay_key: Ed25519PrivateKey) -> None:
+        self.store = store
+        self.sink = sink
+        self.relay_key = relay_key
+        self.relay_public_key = keys.public_key_b64(relay_key)
+        # chDB is one in-process engine: serialise access to it, off the event loop.
+        self._sink_lock = asyncio.Lock()
+
+    async def _sink(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        async with self._sink_lock:
+            return await asyncio.to_thread(getattr(self.sink, method), *args, **kwargs)
+
+    async def ingest_device_batch(
+        self, device: Row, records: Sequence[Mapping[str, Any]], signature: str
+    ) -> AuditAck | AuditNack:
+        device_id, org_id = device["id"], device["org_id"]
+        foreign = next((r for r in records if r["device_id"] != device_id), None)
+        if foreign is not None:
+            await self.store.record_event(
+                org_id, "security.foreign_audit", {"device_id": device_id, "claimed": foreign["device_id"]}
+            )
+            return AuditNack(code="foreign_record", detail=f"record {foreign['seq']} names another device")
+        head = await self.store.audit_head(device_id) or GENESIS
+        stored = [r for r in records if r["seq"] <= head.seq]
+        fresh = [r for r in records if r["seq"] > head.seq]
+        try:
+            if stored:
+                known = await self._sink("stored_hashes", org_id, device_id, [r["seq"] for r in stored])
+                check_overlap(known, stored)
+            if not fresh:
+                last = records[-1]
+                return AuditAck(last_seq=last["seq"], head_hash=last["hash"])
+            new_head = verify_chain(fresh, start=head, device_id=device_id)
+            verify_batch_signature(device["public_key"], device_id, new_head, signature)
+        except ChainForkError as exc:
+            log.error("audit fork from %s: %s", device_id, exc)
+            await self.store.record_event(org_id, "security.audit_fork", {"device_id": device_id, "seq": exc.seq, "detail": str(exc)})
+            return AuditNack(code="fork", detail=str(exc), expected_seq=head.seq + 1)
+        except ChainGapError as exc:
+            return AuditNack(code="gap", detail=str(exc), expected_seq=exc.expected_seq)
+        except ChainError as exc:
+            log.warning("audit batch from %s refused: %s", device_id, exc)
+            return AuditNack(code="invalid", detail=str(exc), expected_seq=head.seq + 1)
+        await self._sink("insert_batch", org_id, fresh, signature, device["public_key"])
+        if not await self.store.advance_audit_head(device_id, org_id, None if head is GENESIS else head, new_head):
+            return AuditNack(code="conflict", detail="chain head moved concurrently; resend", expected_seq=head.seq + 1)
+        return AuditAck(last_seq=new_head.seq, head_hash=new_head.hash)
+
+    async def forward_relay_events(self, limit: int = 1000) -> int:
+        """Move this relay's chained events from the state database into ClickHouse."""
+        rows = await self.store.pending_relay_events(limit)
+        moved = 0
+        for chain_id, group in groupby(rows, key=lambda r: r["chain_id"]):
+            batch = list(group)
+            org_id = batch[0]["org_id"]
+            records = [r["record"] for r in batch]
+            head = await self.store.audit_head(chain_id) or GENESIS
+            fresh = [r for r in records if r["seq"] > head.seq]
+            if fresh:
+                new_head = verify_chain(fresh, start=head, device_id=chain_id)
+                signature = sign_batch(self.relay_key, chain_id, new_head)
+                await self._sink("insert_batch", org_id, fresh, signature, self.relay_public_key)
+                await self.store.advance_audit_head(chain_id, org_id, None if head is GENESIS else head, new_head)
+            await self.store.drop_relay_events(chain_id, records[-1]["seq"])
+            moved += len(batch)
+        return moved
+
+    async def run_forwarder(self, interval_s: float) -> None:
+        while True:
+            try:
+                while await self.forward_relay_events() > 0:
+                    pass
+            except Exception:  # keep forwarding; the events stay in the outbox meanwhile
+                log.exception("forwarding relay audit events failed; will retry")
+            await asyncio.sleep(interval_s)
+
+    async def records(self, org_id: str, **query: Any) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._sink("records", org_id, **query)
+        return result
+
+    async def batches(self, org_id: str, device_id: str | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._sink("batches", org_id, device_id)
+        return result
+
+    async def public_keys(self, org_id: str) -> dict[str, str]:
+        keys_by_chain = await self.store.device_public_keys(org_id)
+        keys_by_chain.update(await self.store.relay_chain_keys(org_id))
+        return keys_by_chain
+
+    async def ping(self) -> None:
+        await self._sink("count", None)
+
+

@@ -1,0 +1,79 @@
+"""Errors the relay raises on purpose; ``coact.relay.problems`` turns them into
+RFC 9457 ``application/problem+json`` responses in one place.
+
+    CoactError (coact.shared.errors)
+    └── RelayError                 status 500 unless a subclass says otherwise
+        ├── BadRequest             400  malformed JSON, wrong types, unknown fields/actions
+        ├── Unauthorized           401  no, bad or expired credentials
+        ├── Forbidden              403  authenticated, but the role may not do this
+        ├── NotFound               404  absent, or in another org (never leak which)
+        ├── Conflict               409  state does not allow it (e.g. cancel a finished task)
+        ├── Gone                   410  enrollment code expired, used or revoked
+        ├── PayloadTooLarge        413
+        └── ServiceUnavailable     503  a backing store is down
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coact.shared.errors import CoactError
+
+
+class RelayError(CoactError):
+    status = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extra = extra
+
+
+class BadRequest(RelayError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class Unauthorized(RelayError):
+    status = 401
+    slug = "unauthorized"
+    title = "Authentication required"
+
+
+class Forbidden(RelayError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(RelayError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class Conflict(RelayError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class Gone(RelayError):
+    status = 410
+    slug = "gone"
+    title = "Gone"
+
+
+class PayloadTooLarge(RelayError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class ServiceUnavailable(RelayError):
+    status = 503
+    slug = "service-unavailable"
+    title = "Service unavailable"

@@ -1,0 +1,258 @@
+"""The agent WebSocket hub: authenticated sessions, presence, task delivery, results
+and audit ingest for the devices connected to this relay process.
+
+A session is established in two steps: the HTTP upgrade must carry a valid device
+access token, and the first frame must sign a fresh relay nonce with the device key
+(``coact.shared.protocol.auth_message``). A token alone, stolen or replayed, does not
+open a session. Close codes: 4400 protocol error, 4401 authentication failed,
+4403 device revoked, 4408 presence timeout, 4409 replaced by a newer session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from coact.relay.storage import Row
+from coact.shared import keys
+from coact.shared.chain import GENESIS
+from coact.shared.errors import ProtocolError, SignatureError
+from coact.shared.protocol import (
+    MAX_FRAME_BYTES,
+    AuditBatch,
+    Auth,
+    Challenge,
+    Error,
+    Heartbeat,
+    ResultAck,
+    TaskMessage,
+    TaskReceived,
+    TaskResult,
+    TaskSpec,
+    Welcome,
+    auth_message,
+    encode,
+    parse_agent_message,
+)
+
+if TYPE_CHECKING:
+    from coact.relay.services import Services
+
+log = logging.getLogger("coact.relay.hub")
+
+CLOSE_PROTOCOL = 4400
+CLOSE_AUTH = 4401
+CLOSE_REVOKED = 4403
+CLOSE_TIMEOUT = 4408
+CLOSE_REPLACED = 4409
+AUTH_TIMEOUT_S = 10.0
+MAX_PROTOCOL_ERRORS = 5
+MAX_TELEMETRY_BYTES = 16 * 1024
+
+
+@dataclass
+class Session:
+    device: Row
+    ws: web.WebSocketResponse
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    sent: set[str] = field(default_factory=set)  # task ids delivered on this session
+    protocol_errors: int = 0
+
+    @property
+    def device_id(self) -> str:
+        return str(self.device["id"])
+
+    async def send(self, message: Any) -> None:
+        await self.ws.send_str(encode(message))
+
+
+class Hub:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.sessions: dict[str, Session] = {}
+
+    def is_online(self, device_id: str) -> bool:
+        return device_id in self.sessions
+
+    def nudge(self, device_id: str) -> None:
+        """Tell the device's session, if it is here, that it has tasks to fetch."""
+        session = self.sessions.get(device_id)
+        if session is not None:
+            session.wake.set()
+
+    async def disconnect(self, device_id: str, code: int, reason: str) -> None:
+        session = self.sessions.get(device_id)
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.send(Error(code="revoked" if code == CLOSE_REVOKED else "closed", detail=reason))
+            await session.ws.close(code=code, message=reason.encode()[:120])
+
+    async def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.ws.close(code=1001, message=b"relay shutting down")
+
+    # -- session ------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        svc = self.services
+        device = await svc.authenticate_device_token(request)
+        ws = web.WebSocketResponse(
+            compress=False,  # permessage-deflate costs ~8x memory per connection
+            max_msg_size=MAX_FRAME_BYTES,
+            autoping=True,
+            heartbeat=None,
+        )
+        await ws.prepare(request)
+        if not await self._prove_key(ws, device):
+            return ws
+        session = Session(device, ws)
+        previous = self.sessions.get(session.device_id)
+        if previous is not None:
+            await previous.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer session")
+        self.sessions[session.device_id] = session
+        await svc.store.record_presence(device, online=True)
+        svc.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": True})
+        try:
+            head = await svc.store.audit_head(session.device_id) or GENESIS
+            await session.send(Welcome(device_id=session.device_id, audit_seq=head.seq, audit_hash=head.hash))
+            async with asyncio.TaskGroup() as group:
+                deliverer = group.create_task(self._deliver_loop(session))
+                try:
+                    await self._receive_loop(session)
+                finally:
+                    deliverer.cancel()
+        except* (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            if self.sessions.get(session.device_id) is session:
+                del self.sessions[session.device_id]
+                await svc.store.record_presence(device, online=False, reason=str(ws.close_code))
+                svc.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": False})
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _prove_key(self, ws: web.WebSocketResponse, device: Row) -> bool:
+        nonce = secrets.token_urlsafe(32)
+        await ws.send_str(encode(Challenge(nonce=nonce)))
+        try:
+            msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
+            if msg.type != WSMsgType.TEXT:
+                raise ProtocolError("expected an auth frame")
+            auth = parse_agent_message(msg.data)
+            if not isinstance(auth, Auth):
+                raise ProtocolError(f"expected auth, got {auth.type}")
+            keys.verify(device["public_key"], auth_message(device["id"], nonce), auth.signature)
+        except (TimeoutError, ProtocolError, SignatureError) as exc:
+            log.warning("device %s failed the key proof: %s", device["id"], exc)
+            with contextlib.suppress(Exception):
+                await ws.send_str(encode(Error(code="auth_failed", detail=f"key proof failed: {exc}")))
+            await ws.close(code=CLOSE_AUTH, message=b"key proof failed")
+            return False
+        return True
+
+    async def _receive_loop(self, session: Session) -> None:
+        ws = session.ws
+        timeout = self.services.settings.presence_timeout_s
+        while True:
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except TimeoutError:
+                await ws.close(code=CLOSE_TIMEOUT, message=b"no heartbeat")
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
+            if msg.type == WSMsgType.ERROR:
+                log.info("socket of %s failed: %s", session.device_id, ws.exception())
+                return
+            if msg.type != WSMsgType.TEXT:
+                await self._protocol_error(session, "only text frames are accepted")
+                continue
+            try:
+                await self._dispatch(session, parse_agent_message(msg.data))
+            except ProtocolError as exc:
+                await self._protocol_error(session, str(exc))
+            if ws.closed:
+                return
+
+    async def _protocol_error(self, session: Session, detail: str) -> None:
+        session.protocol_errors += 1
+        log.warning("protocol error from %s: %s", session.device_id, detail)
+        await session.send(Error(code="protocol_error", detail=detail))
+        if session.protocol_errors >= MAX_PROTOCOL_ERRORS:
+            await session.ws.close(code=CLOSE_PROTOCOL, message=b"too many protocol errors")
+
+    async def _dispatch(self, session: Session, message: Any) -> None:
+        store = self.services.store
+        device_id = session.device_id
+        match message:
+            case Heartbeat(telemetry=telemetry):
+                if len(json.dumps(telemetry)) > MAX_TELEMETRY_BYTES:
+                    raise ProtocolError(f"telemetry exceeds {MAX_TELEMETRY_BYTES} bytes")
+                await store.touch_device(device_id, telemetry)
+            case TaskReceived(task_id=task_id):
+                if await store.mark_running(device_id, task_id):
+                    self._publish_task(session, task_id, "running")
+            case TaskResult():
+                await self._store_result(session, message)
+            case AuditBatch(records=records, signature=signature):
+                reply = await self.services.audit.ingest_device_batch(
+                    session.device, [r.model_dump() for r in records], signature
+                )
+                await session.send(reply)
+            case Error(code=code, detail=detail):
+                log.info("device %s reports %s: %s", device_id, code, detail)
+            case _:
+                raise ProtocolError(f"{message.type} is not expected after the handshake")
+
+    async def _store_result(self, session: Session, message: TaskResult) -> None:
+        status = "failed" if message.status == "denied" else message.status
+        result = {
+            "ok": message.ok,
+            "output": message.output,
+            "error": message.error,
+            "artifacts": [],
+            "started_at": message.started_at,
+            "finished_at": message.finished_at,
+            "denied": message.status == "denied",
+        }
+        outcome = await self.services.store.store_result(session.device_id, message.task_id, status, result)
+        if outcome == "unknown":
+            await self.services.store.record_event(
+                session.device["org_id"], "security.foreign_result",
+                {"device_id": session.device_id, "task_id": message.task_id},
+            )
+            raise ProtocolError(f"task {message.task_id} is not a task of this device")
+        await session.send(ResultAck(task_id=message.task_id))
+        if outcome == "stored":
+            self._publish_task(session, message.task_id, status)
+
+    def _publish_task(self, session: Session, task_id: str, status: str) -> None:
+        self.services.events.publish(
+            session.device["org_id"], "task", {"task_id": task_id, "device_id": session.device_id, "status": status}
+        )
+
+    async def _deliver_loop(self, session: Session) -> None:
+        store = self.services.store
+        while True:
+            for task in await store.deliverable_tasks(session.device_id):
+                if task["id"] in session.sent:
+                    continue
+                if await store.mark_dispatched(session.device_id, task["id"]):
+                    session.sent.add(task["id"])
+                    spec = TaskSpec(
+                        id=task["id"], action=task["action"], params=task["params"],
+                        timeout_s=task["timeout_s"], expires_at=task["expires_at"],
+                    )
+                    await session.send(TaskMessage(task=spec))
+            await session.wake.wait()
+            session.wake.clear()
+
+

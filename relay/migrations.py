@@ -1,0 +1,55 @@
+"""Versioned schema migrations, applied in order and recorded in ``schema_migrations``.
+
+Each migration is a function over a synchronous SQLAlchemy connection (run through
+``AsyncConnection.run_sync``) and must never change once released: a schema change
+is a new entry at the end of ``MIGRATIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from coact.relay import schema
+from coact.shared.clock import to_rfc3339, utc_now
+
+
+def _initial(conn: Connection) -> None:
+    # Version 1 is the schema module as first released.
+    schema.metadata.create_all(conn)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial schema", _initial),
+]
+
+
+def _apply(conn: Connection) -> list[int]:
+    if not inspect(conn).has_table("schema_migrations"):
+        schema.schema_migrations.create(conn)
+    done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
+    applied = []
+    for version, name, migrate in MIGRATIONS:
+        if version in done:
+            continue
+        migrate(conn)
+        conn.execute(
+            schema.schema_migrations.insert().values(
+                version=version, name=name, applied_at=to_rfc3339(utc_now())
+            )
+        )
+        applied.append(version)
+    return applied
+
+
+async def migrate(engine: AsyncEngine) -> list[int]:
+    """Bring the database up to the newest version; return the versions applied."""
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # Several relays may start at once: serialise their migrations.
+            from sqlalchemy import text
+
+            await conn.execute(text("SELECT pg_advisory_xact_lock(7426001)"))
+        return await conn.run_sync(_apply)

@@ -1,0 +1,96 @@
+"""Everything a request handler needs, built once per app and stored under one AppKey."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from coact.relay.errors import Forbidden, Unauthorized
+from coact.relay.events import EventBus
+from coact.relay.keyring import KeyRing
+from coact.relay.passwords import PasswordHasher, PasswordParams
+from coact.relay.routing import Access, Principal
+from coact.relay.settings import Settings
+from coact.relay.storage import Row, Store
+from coact.relay.tokens import TokenError, TokenIssuer
+from coact.shared.clock import Clock
+
+if TYPE_CHECKING:
+    from coact.relay.audit import AuditPipeline
+    from coact.relay.hub import Hub
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+@dataclass
+class Services:
+    settings: Settings
+    clock: Clock
+    store: Store
+    keyring: KeyRing
+    issuer: TokenIssuer
+    passwords: PasswordHasher
+    events: EventBus
+    audit: AuditPipeline
+    hub: Hub
+
+    async def authenticate(self, request: web.Request, access: Access) -> Principal | None:
+        """Resolve the caller for a route; None for public routes and missing tokens."""
+        token = bearer_token(request)
+        if access.kind == "public" or token is None:
+            return None
+        try:
+            claims = self.issuer.verify(token, access.kind)
+        except TokenError as exc:
+            raise Unauthorized(f"invalid {access.kind} token: {exc}") from exc
+        if access.kind == "user":
+            # A disabled account or a changed role takes effect at once, not at token expiry.
+            user = await self.store.user_by_id(claims.org_id, claims.subject)
+            if user is None or user["disabled"]:
+                raise Unauthorized("this account is disabled or gone")
+            return Principal("user", user["id"], user["org_id"], user["role"])
+        device = await self._active_device(claims.subject, claims.org_id)
+        return Principal("device", device["id"], device["org_id"])
+
+    async def _active_device(self, device_id: str, org_id: str) -> Row:
+        device = await self.store.device_unscoped(device_id)
+        if device is None or device["org_id"] != org_id:
+            raise Unauthorized("unknown device")
+        if device["status"] != "active":
+            raise Forbidden("device is revoked", code="device_revoked")
+        return device
+
+    async def authenticate_device_token(self, request: web.Request) -> Row:
+        token = bearer_token(request)
+        if token is None:
+            raise Unauthorized("a device bearer token is required")
+        try:
+            claims = self.issuer.verify(token, "device")
+        except TokenError as exc:
+            raise Unauthorized(f"invalid device token: {exc}") from exc
+        return await self._active_device(claims.subject, claims.org_id)
+
+
+def password_hasher(settings: Settings) -> PasswordHasher:
+    return PasswordHasher(
+        PasswordParams(settings.password_time_cost, settings.password_memory_kib, settings.password_parallelism)
+    )
+
+
+def token_issuer(settings: Settings, keyring: KeyRing, clock: Clock) -> TokenIssuer:
+    return TokenIssuer(
+        keyring,
+        settings.effective_public_url,
+        clock,
+        user_ttl=timedelta(seconds=settings.access_token_ttl_s),
+        device_ttl=timedelta(seconds=settings.device_token_ttl_s),
+    )

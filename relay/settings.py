@@ -1,0 +1,115 @@
+"""The relay's configuration: one frozen registry of settings with defaults and help.
+
+Settings are plain validated data. The CLI reads ``COACT_*`` environment variables
+and flags at the edge (:func:`settings_from_env`) and hands a :class:`Settings` to
+``create_app``; nothing deeper reads the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"help": help, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = _setting(Path("./coact-data"), "Directory for the relay's keys, SQLite database and embedded audit engine.")
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(8600, "TCP port to listen on.")
+    public_url: str = _setting("", "URL agents and users reach the relay at; also the JWT issuer. Default: http://HOST:PORT.")
+    database_url: str = _setting("", "SQLAlchemy URL of the state database. Default: SQLite in DATA_DIR/relay.db. PostgreSQL: postgresql+asyncpg://user@host/db.", secret=True)
+    audit_url: str = _setting("", "ClickHouse for audit records: chdb:///path (embedded) or http://user:pass@host:8123/db. Default: chdb:///DATA_DIR/audit.", secret=True)
+    relay_id: str = _setting("relay-1", "Name of this relay process; its own audit events form the chain 'relay:RELAY_ID'.")
+    allow_signup: bool = _setting(True, "Whether POST /auth/signup may create new organisations.")
+    access_token_ttl_s: int = _setting(300, "Lifetime of user access tokens, in seconds.")
+    device_token_ttl_s: int = _setting(600, "Lifetime of device access tokens, in seconds.")
+    refresh_token_ttl_s: int = _setting(30 * 86400, "Lifetime of a refresh token family, in seconds.")
+    enrollment_code_ttl_s: int = _setting(900, "Default lifetime of an enrollment code, in seconds.")
+    enrollment_code_max_ttl_s: int = _setting(7 * 86400, "Longest lifetime an admin may give an enrollment code.")
+    token_request_skew_s: int = _setting(120, "How far a device's signed token request timestamp may be from the relay clock.")
+    password_time_cost: int = _setting(3, "argon2id iterations (OWASP: 3 with 64 MiB, or 2 with 19 MiB).")
+    password_memory_kib: int = _setting(65536, "argon2id memory in KiB.")
+    password_parallelism: int = _setting(4, "argon2id lanes.")
+    max_body_bytes: int = _setting(1024 * 1024, "Largest accepted HTTP request body.")
+    heartbeat_interval_s: float = _setting(20.0, "How often agents are asked to send a heartbeat.")
+    presence_timeout_s: float = _setting(60.0, "A device with no frame for this long is closed and shown offline.")
+    task_default_timeout_s: int = _setting(60, "Execution timeout of a task that names none.")
+    task_default_ttl_s: int = _setting(86400, "How long a queued task waits for an offline device before it expires, if it names no expires_at.")
+    sweep_interval_s: float = _setting(1.0, "How often expired and timed-out tasks are settled.")
+    audit_flush_interval_s: float = _setting(0.5, "How often the relay's own audit events are forwarded to ClickHouse.")
+    log_level: str = _setting("INFO", "Logging level.")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is not a TCP port")
+        for name in ("access_token_ttl_s", "device_token_ttl_s", "refresh_token_ttl_s", "enrollment_code_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:
+            raise ValueError("access tokens are short-lived: at most 3600 s")
+
+    @property
+    def effective_public_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'relay.db'}"
+
+    @property
+    def effective_audit_url(self) -> str:
+        return self.audit_url or f"chdb:///{self.data_dir.resolve() / 'audit'}"
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting, with secrets (and credentials inside URLs) replaced: for /debug/config."""
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if item.metadata.get("secret") and value:
+                value = "***"
+            out[item.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def setting_help() -> dict[str, str]:
+    return {item.name: item.metadata["help"] for item in dataclasses.fields(Settings)}
+
+
+def settings_from_env(overrides: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``COACT_<NAME>`` variables, then explicit ``overrides`` (CLI flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(Settings):
+        raw = env.get(f"COACT_{item.name.upper()}")
+        if raw is not None:
+            values[item.name] = _coerce(item.name, item.type, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)
+
+
+def _coerce(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"COACT_{name.upper()}={raw!r} is not a valid {kind}") from exc
+    return raw

@@ -1,0 +1,628 @@
+"""The relay's state store: one code path over SQLite and PostgreSQL (SQLAlchemy Core).
+
+Every method that reads tenant data takes the caller's ``org_id`` and filters by it.
+Every method that changes security-relevant state also appends the relay's own audit
+event in the *same transaction* (``_record_event``), so state and audit can never
+disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from coact.relay import schema as s
+from coact.relay.errors import Conflict, Gone, NotFound
+from coact.relay.ids import new_id
+from coact.shared.chain import GENESIS, ChainHead, make_record
+from coact.shared.clock import Clock, to_rfc3339
+
+Row = dict[str, Any]
+
+ACTIVE_TASK_STATUSES = ("queued", "dispatched", "running")
+FINAL_TASK_STATUSES = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "expired")
+
+
+def open_engine(url: str) -> AsyncEngine:
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, pool_size=5, max_overflow=0)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _row(row: Any) -> Row:
+    return dict(row._mapping)
+
+
+class Store:
+    """Relay state. Construct with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, engine: AsyncEngine, clock: Clock, relay_id: str, relay_audit_key: str) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.relay_id = relay_id
+        self.relay_audit_key = relay_audit_key
+        # Every write transaction of this process records an event in this relay's own
+        # audit chain, which is strictly sequential; serialising the writers here keeps
+        # the chain gap-free on every database (SQLite has one writer anyway).
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, url: str, clock: Clock, relay_id: str, relay_audit_key: str) -> Store:
+        """Open and migrate. ``relay_audit_key`` is the public key signing this relay's chains."""
+        from coact.relay.migrations import migrate
+
+        engine = open_engine(url)
+        await migrate(engine)
+        return cls(engine, clock, relay_id, relay_audit_key)
+
+    def relay_chain_id(self, org_id: str) -> str:
+        return f"relay:{self.relay_id}:{org_id}"
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def now(self) -> str:
+        return to_rfc3339(self.clock.now())
+
+    def later(self, seconds: float) -> str:
+        return to_rfc3339(self.clock.now() + timedelta(seconds=seconds))
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # -- the relay's own audit chain --------------------------------------------------
+
+    async def _record_event(
+        self,
+        conn: AsyncConnection,
+        org_id: str,
+        kind: str,
+        data: Mapping[str, Any],
+        task_id: str | None = None,
+    ) -> None:
+        chain = s.relay_chains
+        chain_id = self.relay_chain_id(org_id)
+        head_row = (
+            await conn.execute(
+                select(chain.c.seq, chain.c.hash).where(chain.c.chain_id == chain_id).with_for_update()
+            )
+        ).first()
+        head = ChainHead(head_row.seq, head_row.hash) if head_row else GENESIS
+        record = make_record(
+            head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id
+        )
+        if head_row is None:
+            await conn.execute(
+                insert(chain).values(
+                    chain_id=chain_id, org_id=org_id, seq=record["seq"], hash=record["hash"],
+                    public_key=self.relay_audit_key,
+                )
+            )
+        else:
+            await conn.execute(
+                update(chain)
+                .where(chain.c.chain_id == chain_id)
+                .values(seq=record["seq"], hash=record["hash"])
+            )
+        await conn.execute(
+            insert(s.relay_audit_outbox).values(
+                chain_id=chain_id, seq=record["seq"], org_id=org_id, record=record
+            )
+        )
+
+    async def record_event(
+        self, org_id: str, kind: str, data: Mapping[str, Any], task_id: str | None = None
+    ) -> None:
+        async with self._tx() as conn:
+            await self._record_event(conn, org_id, kind, data, task_id)
+
+    async def pending_relay_events(self, limit: int) -> list[Row]:
+        """This relay's unforwarded events, ordered by chain then seq."""
+        t = s.relay_audit_outbox
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t)
+                .where(t.c.chain_id.startswith(f"relay:{self.relay_id}:", autoescape=True))
+                .order_by(t.c.chain_id, t.c.seq)
+                .limit(limit)
+            )
+            return [_row(r) for r in rows]
+
+    async def drop_relay_events(self, chain_id: str, upto_seq: int) -> None:
+        t = s.relay_audit_outbox
+        async with self._tx() as conn:
+            await conn.execute(delete(t).where(t.c.chain_id == chain_id, t.c.seq <= upto_seq))
+
+    async def relay_chain_keys(self, org_id: str) -> dict[str, str]:
+        c = s.relay_chains
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(c.c.chain_id, c.c.public_key).where(c.c.org_id == org_id))
+            return {r.chain_id: r.public_key for r in rows}
+
+    # -- users, orgs, refresh tokens ----------------------------------------------------
+
+    async def create_org_with_admin(self, email: str, password_hash: str, org_name: str) -> Row:
+        now = self.now()
+        org_id, user_id = new_id("org"), new_id("usr")
+        try:
+            async with self._tx() as conn:
+                await conn.execute(insert(s.orgs).values(id=org_id, name=org_name, created_at=now))
+                await conn.execute(
+                    insert(s.users).values(
+                        id=user_id, org_id=org_id, email=email, password_hash=password_hash,
+                        role="admin", disabled=False, created_at=now, password_changed_at=now,
+                    )
+                )
+                await self._record_event(conn, org_id, "user.signup", {"user_id": user_id, "role": "admin"})
+        except IntegrityError as exc:
+            raise Conflict("an account with this email already exists") from exc
+        user = await self.user_by_id(org_id, user_id)
+        assert user is not None
+        return user
+
+    async def user_by_email(self, email: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.users).where(s.users.c.email == email))).first()
+            return _row(row) if row else None
+
+    async def user_by_id(self, org_id: str, user_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(s.users).where(s.users.c.id == user_id, s.users.c.org_id == org_id)
+                )
+            ).first()
+            return _row(row) if row else None
+
+    async def set_password_hash(self, user_id: str, password_hash: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(s.users).where(s.users.c.id == user_id).values(password_hash=password_hash)
+            )
+
+    async def issue_refresh_token(
+        self, user: Row, token_hash: str, ttl_s: int, family_id: str | None = None
+    ) -> str:
+        family = family_id or new_id("fam")
+        async with self._tx() as conn:
+            await conn.execute(
+                insert(s.refresh_tokens).values(
+                    id=new_id("rt"), family_id=family, user_id=user["id"], org_id=user["org_id"],
+                    token_hash=token_hash, created_at=self.now(), expires_at=self.later(ttl_s),
+                )
+            )
+        return family
+
+    async def consume_refresh_token(self, token_hash: str) -> tuple[str, Row | None]:
+        """Mark a refresh token used. Returns ``(outcome, token_row)``.
+
+        ``ok``: first use of a live token. ``reused``: already used — its whole family
+        is revoked here, because either the client or a thief holds a copy. ``invalid``:
+        unknown, expired or revoked. The single conditional UPDATE makes two concurrent
+        uses race safely: exactly one sees ``ok``.
+        """
+        t = s.refresh_tokens
+        now = self.now()
+        async with self._tx() as conn:
+            row = (await conn.execute(select(t).where(t.c.token_hash == token_hash))).first()
+            if row is None or row.revoked_at is not None or row.expires_at <= now:
+                return "invalid", None
+            claimed = await conn.execute(
+                update(t).where(t.c.id == row.id, t.c.used_at.is_(None)).values(used_at=now)
+            )
+            if claimed.rowcount == 1:
+                return "ok", _row(row)
+            await conn.execute(
+                update(t)
+                .where(t.c.family_id == row.family_id, t.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            await self._record_event(
+                conn, row.org_id, "auth.refresh_reuse",
+                {"user_id": row.user_id, "family_id": row.family_id},
+            )
+            return "reused", _row(row)
+
+    async def revoke_refresh_family(self, token_hash: str, user_id: str) -> bool:
+        t = s.refresh_tokens
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(t).where(t.c.token_hash == token_hash, t.c.user_id == user_id))
+            ).first()
+            if row is None:
+                return False
+            await conn.execute(
+                update(t)
+                .where(t.c.family_id == row.family_id, t.c.revoked_at.is_(None))
+                .values(revoked_at=self.now())
+            )
+            await self._record_event(conn, row.org_id, "auth.logout", {"user_id": user_id})
+            return True
+
+    # -- enrollment and devices --------------------------------------------------------
+
+    async def create_enrollment_code(
+        self, org_id: str, created_by: str, code_hash: str, tags: Sequence[str], ttl_s: int
+    ) -> Row:
+        code_id = new_id("enr")
+        values = {
+            "id": code_id, "org_id": org_id, "code_hash": code_hash, "created_by": created_by,
+            "tags": list(tags), "created_at": self.now(), "expires_at": self.later(ttl_s),
+        }
+        async with self._tx() as conn:
+            await conn.execute(insert(s.enrollment_codes).values(**values))
+            await self._record_event(
+                conn, org_id, "enrollment_code.created",
+                {"code_id": code_id, "by": created_by, "expires_at": values["expires_at"]},
+            )
+        return values
+
+    async def enroll_device(
+        self, code_hash: str, name: str, platform: str, public_key: str
+    ) -> Row:
+        """Spend an enrollment code and create the device, atomically (one use only)."""
+        c = s.enrollment_codes
+        now = self.now()
+        device_id = new_id("dev")
+        async with self._tx() as conn:
+            code = (await conn.execute(select(c).where(c.c.code_hash == code_hash))).first()
+            if code is None:
+                raise Gone("enrollment code is not valid")
+            if code.revoked_at is not None:
+                raise Gone("enrollment code was revoked")
+            if code.used_at is not None:
+                raise Gone("enrollment code was already used")
+            if code.expires_at <= now:
+                raise Gone("enrollment code has expired")
+            spent = await conn.execute(
+                update(c)
+                .where(c.c.id == code.id, c.c.used_at.is_(None))
+                .values(used_at=now, used_by_device=device_id)
+            )
+            if spent.rowcount != 1:
+                raise Gone("enrollment code was already used")
+            try:
+                await conn.execute(
+                    insert(s.devices).values(
+                        id=device_id, org_id=code.org_id, name=name, platform=platform,
+                        public_key=public_key, tags=list(code.tags), status="active",
+                        enrolled_at=now,
+                    )
+                )
+            except IntegrityError as exc:
+                raise Conflict("this public key is already enrolled") from exc
+            await self._record_event(
+                conn, code.org_id, "device.enrolled",
+                {"device_id": device_id, "name": name, "platform": platform, "code_id": code.id,
+                 "public_key": public_key},
+            )
+        device = await self.device_unscoped(device_id)
+        assert device is not None
+        return device
+
+    async def device_unscoped(self, device_id: str) -> Row | None:
+        """A device by id alone: only for device-authenticated paths, which then bind the org."""
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(s.devices).where(s.devices.c.id == device_id))).first()
+            return _row(row) if row else None
+
+    async def device(self, org_id: str, device_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    select(s.devices).where(s.devices.c.id == device_id, s.devices.c.org_id == org_id)
+                )
+            ).first()
+            return _row(row) if row else None
+
+    async def list_devices(self, org_id: str, limit: int, cursor: str | None) -> list[Row]:
+        d = s.devices
+        query = select(d).where(d.c.org_id == org_id).order_by(d.c.id).limit(limit)
+        if cursor:
+            query = query.where(d.c.id > cursor)
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def device_public_keys(self, org_id: str) -> dict[str, str]:
+        d = s.devices
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(d.c.id, d.c.public_key).where(d.c.org_id == org_id))
+            return {r.id: r.public_key for r in rows}
+
+    async def spend_device_nonce(self, device_id: str, nonce: str, keep_s: int) -> bool:
+        """Remember a token-request nonce; False if it was seen before (a replay)."""
+        n = s.device_nonces
+        try:
+            async with self._tx() as conn:
+                await conn.execute(delete(n).where(n.c.expires_at < self.now()))
+                await conn.execute(
+                    insert(n).values(device_id=device_id, nonce=nonce, expires_at=self.later(keep_s))
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    async def touch_device(self, device_id: str, telemetry: Mapping[str, Any] | None) -> None:
+        values: dict[str, Any] = {"last_seen": self.now()}
+        if telemetry is not None:
+            values["telemetry"] = dict(telemetry)
+        async with self._tx() as conn:
+            await conn.execute(update(s.devices).where(s.devices.c.id == device_id).values(**values))
+
+    async def record_presence(self, device: Row, online: bool, reason: str = "") -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                update(s.devices).where(s.devices.c.id == device["id"]).values(last_seen=self.now())
+            )
+            await self._record_event(
+                conn, device["org_id"], "device.online" if online else "device.offline",
+                {"device_id": device["id"], **({"reason": reason} if reason else {})},
+            )
+
+    async def revoke_device(self, org_id: str, device_id: str, by: str) -> Row:
+        d = s.devices
+        async with self._tx() as conn:
+            changed = await conn.execute(
+                update(d)
+                .where(d.c.id == device_id, d.c.org_id == org_id, d.c.status == "active")
+                .values(status="revoked", revoked_at=self.now())
+            )
+            if changed.rowcount == 1:
+                await self._record_event(conn, org_id, "device.revoked", {"device_id": device_id, "by": by})
+        device = await self.device(org_id, device_id)
+        if device is None:
+            raise NotFound("no such device")
+        return device
+
+    # -- tasks --------------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        *,
+        org_id: str,
+        device_id: str,
+        action: str,
+        params: Mapping[str, Any],
+        risk: Mapping[str, Any],
+        status: str,
+        created_by: str,
+        timeout_s: float,
+        expires_at: str,
+    ) -> Row:
+        now = self.now()
+        values = {
+            "id": new_id("tsk"), "org_id": org_id, "device_id": device_id, "action": action,
+            "params": dict(params), "status": status, "risk": dict(risk), "created_by": created_by,
+            "created_at": now, "updated_at": now, "timeout_s": timeout_s, "expires_at": expires_at,
+            "attempts": 0,
+        }
+        async with self._tx() as conn:
+            await conn.execute(insert(s.tasks).values(**values))
+            await self._record_event(
+                conn, org_id, "task.created",
+                {"device_id": device_id, "action": action, "status": status, "by": created_by,
+                 "risk": risk.get("level")},
+                task_id=values["id"],
+            )
+        return values
+
+    async def task(self, org_id: str, task_id: str) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(select(s.tasks).where(s.tasks.c.id == task_id, s.tasks.c.org_id == org_id))
+            ).first()
+            return _row(row) if row else None
+
+    async def list_tasks(
+        self,
+        org_id: str,
+        *,
+        device_id: str | None,
+        status: str | None,
+        limit: int,
+        cursor: str | None,
+    ) -> list[Row]:
+        t = s.tasks
+        query = select(t).where(t.c.org_id == org_id)
+        if device_id:
+            query = query.where(t.c.device_id == device_id)
+        if status:
+            query = query.where(t.c.status == status)
+        if cursor:
+            query = query.where(t.c.id < cursor)
+        query = query.order_by(t.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def deliverable_tasks(self, device_id: str) -> list[Row]:
+        """Tasks the device should have: queued or already sent but not yet reported."""
+        t = s.tasks
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t)
+                .where(
+                    t.c.device_id == device_id,
+                    t.c.status.in_(("queued", "dispatched")),
+                    t.c.expires_at > self.now(),
+                )
+                .order_by(t.c.id)
+            )
+            return [_row(r) for r in rows]
+
+    async def _transition(
+        self,
+        conn: AsyncConnection,
+        task: Any,
+        new_status: str,
+        from_statuses: Sequence[str],
+        extra: Mapping[str, Any] | None = None,
+        event: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Compare-and-set a task's status; audit the change if it happened."""
+        t = s.tasks
+        now = self.now()
+        values: dict[str, Any] = {"status": new_status, "updated_at": now, **(extra or {})}
+        changed = await conn.execute(
+            update(t).where(t.c.id == task.id, t.c.status.in_(tuple(from_statuses))).values(**values)
+        )
+        if changed.rowcount != 1:
+            return False
+        await self._record_event(
+            conn, task.org_id, "task.state",
+            {"device_id": task.device_id, "from": task.status, "to": new_status, **(event or {})},
+            task_id=task.id,
+        )
+        return True
+
+    async def _task_row(self, conn: AsyncConnection, task_id: str, device_id: str | None = None) -> Any:
+        t = s.tasks
+        query = select(t).where(t.c.id == task_id)
+        if device_id is not None:
+            query = query.where(t.c.device_id == device_id)
+        return (await conn.execute(query)).first()
+
+    async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
+        async with self._tx() as conn:
+            task = await self._task_row(conn, task_id, device_id)
+            if task is None or task.status not in ("queued", "dispatched"):
+                return False
+            if task.status == "dispatched":
+                # A redelivery after a reconnect: count it, no state change to audit.
+                await conn.execute(
+                    update(s.tasks).where(s.tasks.c.id == task_id).values(attempts=s.tasks.c.attempts + 1)
+                )
+                return True
+            return await self._transition(
+                conn, task, "dispatched", ("queued",),
+                {"dispatched_at": self.now(), "attempts": task.attempts + 1},
+            )
+
+    async def mark_running(self, device_id: str, task_id: str) -> bool:
+        async with self._tx() as conn:
+            task = await self._task_row(conn, task_id, device_id)
+            if task is None:
+                return False
+            return await self._transition(
+                conn, task, "running", ("queued", "dispatched"),
+                {"started_at": self.now(), "deadline_at": self.later(task.timeout_s + 30)},
+            )
+
+    async def store_result(
+        self, device_id: str, task_id: str, status: str, result: Mapping[str, Any]
+    ) -> str:
+        """Record a device's result. Returns ``stored``, ``duplicate`` or ``unknown``.
+
+        ``unknown`` means no task with that id belongs to *this* device: a device
+        cannot report on another's tasks. A result for a task already settled
+        (cancelled, timed out) is kept as ``result`` but does not change the status.
+        """
+        async with self._tx() as conn:
+            task = await self._task_row(conn, task_id, device_id)
+            if task is None:
+                return "unknown"
+            if task.result is not None:
+                return "duplicate"
+            extra = {"result": dict(result), "finished_at": result.get("finished_at") or self.now()}
+            moved = await self._transition(
+                conn, task, status, ACTIVE_TASK_STATUSES, extra,
+                {"ok": bool(result.get("ok")), "error": result.get("error")},
+            )
+            if not moved:
+                await conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(result=dict(result)))
+            return "stored"
+
+    async def cancel_task(self, org_id: str, task_id: str, by: str) -> Row:
+        async with self._tx() as conn:
+            task = await self._task_row(conn, task_id)
+            if task is None or task.org_id != org_id:
+                raise NotFound("no such task")
+            if not await self._transition(
+                conn, task, "cancelled", ("created", "awaiting_approval", "approved", *ACTIVE_TASK_STATUSES),
+                {"finished_at": self.now()}, {"by": by},
+            ):
+                raise Conflict(f"task is already {task.status}")
+        row = await self.task(org_id, task_id)
+        assert row is not None
+        return row
+
+    async def sweep_tasks(self) -> list[Row]:
+        """Settle tasks whose time ran out; return the changed rows (id, org, device, status)."""
+        t = s.tasks
+        now = self.now()
+        changed: list[Row] = []
+        async with self._tx() as conn:
+            stale = await conn.execute(
+                select(t).where(
+                    or_(
+                        and_(t.c.status.in_(("queued", "dispatched", "awaiting_approval", "approved")), t.c.expires_at <= now),
+                        and_(t.c.status == "running", t.c.deadline_at <= now),
+                    )
+                ).limit(500)
+            )
+            for task in stale.all():
+                new_status = "timed_out" if task.status == "running" else "expired"
+                if await self._transition(conn, task, new_status, (task.status,), {"finished_at": now}):
+                    changed.append({"id": task.id, "org_id": task.org_id, "device_id": task.device_id, "status": new_status})
+        return changed
+
+    async def task_counts(self, org_id: str) -> dict[str, int]:
+        t = s.tasks
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.c.status, func.count()).where(t.c.org_id == org_id).group_by(t.c.status)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    # -- audit chain heads ------------------------------------------------------------
+
+    async def audit_head(self, chain_id: str) -> ChainHead | None:
+        h = s.audit_heads
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(select(h).where(h.c.chain_id == chain_id))).first()
+            return ChainHead(row.seq, row.hash) if row else None
+
+    async def advance_audit_head(
+        self, chain_id: str, org_id: str, old: ChainHead | None, new: ChainHead
+    ) -> bool:
+        """Compare-and-set the stored head: False if someone else moved it first."""
+        h = s.audit_heads
+        if old is None:
+            try:
+                async with self._tx() as conn:
+                    await conn.execute(
+                        insert(h).values(chain_id=chain_id, org_id=org_id, seq=new.seq, hash=new.hash, updated_at=self.now())
+                    )
+            except IntegrityError:
+                return False
+            return True
+        async with self._tx() as conn:
+            moved = await conn.execute(
+                update(h)
+                .where(h.c.chain_id == chain_id, h.c.seq == old.seq, h.c.hash == old.hash)
+                .values(seq=new.seq, hash=new.hash, updated_at=self.now())
+            )
+            return moved.rowcount == 1
