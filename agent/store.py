@@ -1,0 +1,307 @@
+"""The agent's one SQLite database: the audit outbox and the task journal.
+
+Two promises live here, and both rest on SQLite transactions:
+
+* **The audit chain never forks or gaps.** Each record is built from the persisted
+  chain head and written in the *same* transaction that advances the head, so a
+  crash leaves either both or neither. Records stay in the outbox until the relay
+  acks them by ``(last_seq, head_hash)``; the head survives deletion of acked
+  records, so the chain continues across restarts.
+* **A redelivered task never runs twice.** :meth:`AgentStore.begin_task` journals a
+  task id as ``running`` before the runner executes it; a second delivery of the
+  same id sees ``running`` or ``done`` and is not executed again. Tasks still
+  ``running`` at start-up were interrupted by a crash: they are reported as failed,
+  never re-run, because the action may already have had its effect.
+
+The database runs in WAL mode with ``synchronous=FULL``: a record that
+:meth:`AgentStore.append_audit` returned is on disk, even across power loss.
+All methods are synchronous and thread-safe (one connection behind a lock); the
+asyncio side calls them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+from coact.shared.canonical import canonical_json
+from coact.shared.chain import GENESIS, ChainHead, make_record
+from coact.shared.clock import Clock, to_rfc3339
+
+SCHEMA_VERSION = 1
+
+TaskState = Literal["new", "running", "done"]
+AuditItem = tuple[str, Mapping[str, Any] | None, str | None]
+"""``(kind, data, task_id)``, as taken by :meth:`AgentStore.append_audit_many`."""
+
+# Migrations by target version; migration N brings a version N-1 database to N.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        # Exactly one row: the last record ever appended (acked or not) and the last
+        # ack, so a duplicate ack after a reconnect is recognised, not refused.
+        """CREATE TABLE chain_head (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            seq INTEGER NOT NULL,
+            hash TEXT NOT NULL,
+            acked_seq INTEGER NOT NULL,
+            acked_hash TEXT NOT NULL
+        )""",
+        """CREATE TABLE audit_outbox (
+            seq INTEGER PRIMARY KEY,
+            hash TEXT NOT NULL,
+            record TEXT NOT NULL
+        )""",
+        """CREATE TABLE task_journal (
+            task_id TEXT PRIMARY KEY,
+            spec TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('running', 'done')),
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            finish_order INTEGER UNIQUE,
+            result TEXT,
+            result_acked INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX task_journal_state ON task_journal (state)",
+        "CREATE INDEX task_journal_unacked ON task_journal (result_acked, finish_order)",
+    ),
+}
+
+
+class AgentStore:
+    """The agent's durable state: audit outbox plus task journal (see module docs)."""
+
+    def __init__(self, path: Path, device_id: str, clock: Clock) -> None:
+        if not device_id:
+            raise ValueError("device_id must not be empty")
+        self.path = Path(path)
+        self.device_id = device_id
+        self._clock = clock
+        self._lock = threading.Lock()
+        # One connection shared by every thread; the lock serialises its use.
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
+        try:
+            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._db.enable_wal()
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}; this agent knows up to "
+                f"{SCHEMA_VERSION} (downgrade is not supported)"
+            )
+        with self._db.atomic():
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in _MIGRATIONS[target]:
+                    self._db.execute(statement)
+                if target == 1:
+                    self._db.execute(
+                        "INSERT INTO chain_head (id, seq, hash, acked_seq, acked_hash) "
+                        "VALUES (1, ?, ?, ?, ?)",
+                        [GENESIS.seq, GENESIS.hash, GENESIS.seq, GENESIS.hash],
+                    )
+                # PRAGMA takes no bound parameters; target is our own int.
+                self._db.execute(f"PRAGMA user_version = {int(target)}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> AgentStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- audit outbox ------------------------------------------------------------
+
+    def _head(self) -> ChainHead:
+        seq, hash_ = self._db.execute("SELECT seq, hash FROM chain_head WHERE id = 1").fetchone()
+        return ChainHead(int(seq), str(hash_))
+
+    def _append(
+        self, head: ChainHead, kind: str, data: Mapping[str, Any] | None, task_id: str | None
+    ) -> dict[str, Any]:
+        record = make_record(
+            head,
+            device_id=self.device_id,
+            kind=kind,
+            ts=to_rfc3339(self._clock.now()),
+            data=data,
+            task_id=task_id,
+        )
+        self._db.execute(
+            "INSERT INTO audit_outbox (seq, hash, record) VALUES (?, ?, ?)",
+            [record["seq"], record["hash"], canonical_json(record).decode("utf-8")],
+        )
+        return record
+
+    def _set_head(self, head: ChainHead) -> None:
+        self._db.execute(
+            "UPDATE chain_head SET seq = ?, hash = ? WHERE id = 1", [head.seq, head.hash]
+        )
+
+    def append_audit(
+        self, kind: str, data: Mapping[str, Any] | None = None, task_id: str | None = None
+    ) -> dict[str, Any]:
+        """Append one record to the chain and return it.
+
+        Raises :class:`~coact.shared.errors.CanonicalizationError` (and writes
+        nothing) when ``data`` has no canonical JSON form.
+        """
+        with self._lock, self._db.atomic():
+            record = self._append(self._head(), kind, data, task_id)
+            self._set_head(ChainHead(record["seq"], record["hash"]))
+        return record
+
+    def append_audit_many(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
+        """Append several ``(kind, data, task_id)`` records in one transaction (all or none)."""
+        records: list[dict[str, Any]] = []
+        with self._lock, self._db.atomic():
+            head = self._head()
+            for kind, data, task_id in items:
+                record = self._append(head, kind, data, task_id)
+                head = ChainHead(record["seq"], record["hash"])
+                records.append(record)
+            self._set_head(head)
+        return records
+
+    def audit_head(self) -> ChainHead:
+        """The last record ever appended, whether or not the relay has acked it."""
+        with self._lock:
+            return self._head()
+
+    def pending_audit(self, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` records not yet acked by the relay, oldest first."""
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT record FROM audit_outbox ORDER BY seq LIMIT ?", [limit]
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM audit_outbox").fetchone()[0])
+
+    def ack_audit(self, last_seq: int, head_hash: str) -> int:
+        """Forget records up to ``last_seq`` now that the relay has stored them.
+
+        The ack must name the exact record the agent holds at ``last_seq`` (its
+        hash); anything else — a relay that confuses devices, a forged ack — raises
+        :class:`ValueError` and deletes nothing. Repeating the last ack is a no-op.
+        Returns the number of records deleted.
+        """
+        with self._lock, self._db.atomic():
+            row = self._db.execute(
+                "SELECT hash FROM audit_outbox WHERE seq = ?", [last_seq]
+            ).fetchone()
+            if row is None:
+                acked_seq, acked_hash = self._db.execute(
+                    "SELECT acked_seq, acked_hash FROM chain_head WHERE id = 1"
+                ).fetchone()
+                if (last_seq, head_hash) == (acked_seq, acked_hash):
+                    return 0
+                raise ValueError(f"ack for seq {last_seq}: no such record is pending")
+            if row[0] != head_hash:
+                raise ValueError(
+                    f"ack for seq {last_seq} names hash {head_hash[:12]}…, "
+                    f"the record has {str(row[0])[:12]}…"
+                )
+            deleted = self._db.execute(
+                "DELETE FROM audit_outbox WHERE seq <= ?", [last_seq]
+            ).rowcount
+            self._db.execute(
+                "UPDATE chain_head SET acked_seq = ?, acked_hash = ? WHERE id = 1",
+                [last_seq, head_hash],
+            )
+        return int(deleted)
+
+    # -- task journal ------------------------------------------------------------
+
+    def begin_task(self, task_id: str, spec: Mapping[str, Any]) -> TaskState:
+        """Journal ``task_id`` as running and return ``"new"``, or return its known state.
+
+        Only a ``"new"`` answer allows the caller to execute the task.
+        """
+        spec_text = canonical_json(dict(spec)).decode("utf-8")
+        now = to_rfc3339(self._clock.now())
+        with self._lock, self._db.atomic():
+            inserted = self._db.execute(
+                "INSERT INTO task_journal (task_id, spec, state, started_at) "
+                "VALUES (?, ?, 'running', ?) ON CONFLICT (task_id) DO NOTHING",
+                [task_id, spec_text, now],
+            ).rowcount
+            if inserted:
+                return "new"
+            state = self._db.execute(
+                "SELECT state FROM task_journal WHERE task_id = ?", [task_id]
+            ).fetchone()[0]
+        return "done" if state == "done" else "running"
+
+    def finish_task(self, task_id: str, result: Mapping[str, Any]) -> None:
+        """Store the result of a journaled task and mark it done.
+
+        Raises :class:`KeyError` for a task that was never begun and
+        :class:`ValueError` for one that is already done (its first result stands).
+        """
+        result_text = canonical_json(dict(result)).decode("utf-8")
+        now = to_rfc3339(self._clock.now())
+        with self._lock, self._db.atomic():
+            row = self._db.execute(
+                "SELECT state FROM task_journal WHERE task_id = ?", [task_id]
+            ).fetchone()
+            if row is None:
+                raise KeyError(task_id)
+            if row[0] == "done":
+                raise ValueError(f"task {task_id} is already finished")
+            self._db.execute(
+                "UPDATE task_journal SET state = 'done', result = ?, finished_at = ?, "
+                "finish_order = (SELECT coalesce(max(finish_order), 0) + 1 FROM task_journal) "
+                "WHERE task_id = ?",
+                [result_text, now, task_id],
+            )
+
+    def task_result(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM task_journal WHERE task_id = ? AND state = 'done'", [task_id]
+            ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def unacked_results(self) -> list[dict[str, Any]]:
+        """Results stored but not yet acked by the relay, in the order they finished."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT result FROM task_journal WHERE state = 'done' AND result_acked = 0 "
+                "ORDER BY finish_order"
+            ).fetchall()
+        return [dict(json.loads(row[0])) for row in rows]
+
+    def ack_result(self, task_id: str) -> None:
+        """The relay has the result; the journal entry stays so a redelivery is still refused."""
+        with self._lock, self._db.atomic():
+            self._db.execute(
+                "UPDATE task_journal SET result_acked = 1 WHERE task_id = ? AND state = 'done'",
+                [task_id],
+            )
+
+    def interrupted_tasks(self) -> list[str]:
+        """Tasks left ``running`` (by a crash, when called at start-up), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT task_id FROM task_journal WHERE state = 'running' ORDER BY rowid"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
