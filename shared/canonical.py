@@ -14,13 +14,29 @@ import rfc8785
 from coact.shared.errors import CanonicalizationError
 
 
+# rfc8785 refuses every int outside the I-JSON safe range, +-(2**53 - 1).
+_MAX_SAFE_INT = 2**53 - 1
+
+
 def canonical_json(value: Any) -> bytes:
-    """Return the RFC 8785 canonical UTF-8 encoding of ``value``."""
+    """Return the RFC 8785 canonical UTF-8 encoding of ``value``.
+
+    JSON numbers are IEEE 754 doubles, and ints beyond +-(2**53 - 1) are refused as
+    they would lose precision, with one exception: JCS writes a double such as
+    ``1e20`` as the literal ``100000000000000000000``, which JSON parsers hand back as
+    an int. Such an int, spelled exactly as JCS spells a double, is accepted so that
+    canonical output stays canonicalisable after a parse.
+    """
     try:
-        return rfc8785.dumps(value)
+        try:
+            return rfc8785.dumps(value)
+        except rfc8785.IntegerDomainError:
+            return rfc8785.dumps(_large_ints_as_doubles(value))
     except rfc8785.CanonicalizationError as exc:
         raise CanonicalizationError(str(exc)) from exc
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
+        # ValueError: rfc8785 puts an int's digits in its message, and str() refuses
+        # ints of more than 4300 digits.
         raise CanonicalizationError(f"not JSON-serialisable: {exc}") from exc
 
 
@@ -31,3 +47,23 @@ def sha256_hex(data: bytes) -> str:
 def digest(value: Any) -> str:
     """SHA-256 (hex) of the canonical JSON of ``value``."""
     return sha256_hex(canonical_json(value))
+
+
+def _large_ints_as_doubles(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT:
+        # Accept only the digits JCS itself writes for a double (below 1e21 it writes
+        # no exponent), so the int stands for that double and its text does not change;
+        # any other large int would be silently rounded.
+        if abs(value) < 10**21 and rfc8785.dumps(float(value)) == str(value).encode():
+            return float(value)
+        raise CanonicalizationError(
+            f"integer of {value.bit_length()} bits is beyond +-(2**53 - 1) and is not the "
+            "canonical form of a double"
+        )
+    if isinstance(value, dict):
+        return {key: _large_ints_as_doubles(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_large_ints_as_doubles(item) for item in value]
+    return value

@@ -21,7 +21,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coact.shared import keys
 from coact.shared.canonical import canonical_json, digest
-from coact.shared.errors import ChainError, ChainForkError, ChainGapError, SignatureError
+from coact.shared.errors import (
+    CanonicalizationError,
+    ChainError,
+    ChainForkError,
+    ChainGapError,
+    SignatureError,
+)
 
 GENESIS_HASH = "0" * 64
 RECORD_FIELDS = ("device_id", "seq", "ts", "kind", "task_id", "data", "prev_hash", "hash")
@@ -96,7 +102,12 @@ def verify_chain(
         missing = [name for name in RECORD_FIELDS if name not in record]
         if missing:
             raise ChainError(f"record {seq} lacks {', '.join(missing)}", seq=seq)
-        if record_hash(record) != record["hash"]:
+        try:
+            actual = record_hash(record)
+        except CanonicalizationError as exc:
+            # Reachable from the wire: a parsed batch may carry NaN or a huge int.
+            raise ChainError(f"record {seq} has no canonical form: {exc}", seq=seq) from exc
+        if actual != record["hash"]:
             raise ChainError(f"record {seq} was altered: its hash does not match its content", seq=seq)
         head = ChainHead(seq, record["hash"])
     return head

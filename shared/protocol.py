@@ -165,8 +165,13 @@ RELAY_MESSAGE_TYPES = (
 
 
 def _parse(adapter: TypeAdapter[Any], frame: str | bytes) -> Any:
-    if len(frame) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    # A str counts characters, up to four UTF-8 bytes each: measure the bytes. The
+    # first test is cheap and spares encoding a frame that is too long anyway.
+    size = len(frame)
+    if size <= MAX_FRAME_BYTES and isinstance(frame, str):
+        size = len(frame.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of at least {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
     try:
         return adapter.validate_json(frame)
     except ValidationError as exc:
