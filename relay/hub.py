@@ -40,6 +40,7 @@ from coact.shared.protocol import (
     auth_message,
     encode,
     parse_agent_message,
+    relay_challenge_message,
 )
 
 if TYPE_CHECKING:
@@ -141,7 +142,8 @@ class Hub:
 
     async def _prove_key(self, ws: web.WebSocketResponse, device: Row) -> bool:
         nonce = secrets.token_urlsafe(32)
-        await ws.send_str(encode(Challenge(nonce=nonce)))
+        relay_signature = keys.sign(self.services.audit.relay_key, relay_challenge_message(device["id"], nonce))
+        await ws.send_str(encode(Challenge(nonce=nonce, relay_signature=relay_signature)))
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
             if msg.type != WSMsgType.TEXT:

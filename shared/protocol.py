@@ -3,9 +3,12 @@
 Every frame is one object ``{"v": 1, "type": ..., ...}``. The session opens with a
 proof of key possession that a stolen bearer token cannot replay::
 
-    relay → agent   challenge {nonce}
+    relay → agent   challenge {nonce, relay_signature over relay_challenge_message(device_id, nonce)}
     agent → relay   auth {signature over auth_message(device_id, nonce)}
     relay → agent   welcome {device_id, audit_seq, audit_hash}
+
+Both sides prove their key on every connection: the agent checks the relay's
+signature against the relay identity key it pinned at enrollment.
 
 then, in any order:
 
@@ -32,6 +35,7 @@ from coact.shared.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 AUTH_PURPOSE = "coact.ws.auth.v1"
+RELAY_PURPOSE = "coact.ws.relay.v1"
 TOKEN_PURPOSE = "coact.device.token.v1"
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 MAX_AUDIT_BATCH = 1000
@@ -77,6 +81,7 @@ class AuditRecord(BaseModel):
 class Challenge(_Message):
     type: Literal["challenge"] = "challenge"
     nonce: str = Field(min_length=16, max_length=128)
+    relay_signature: str = Field(max_length=128)
 
 
 class Auth(_Message):
@@ -199,6 +204,11 @@ def encode(message: BaseModel) -> str:
 def auth_message(device_id: str, nonce: str) -> bytes:
     """What the agent signs to prove, on this socket, that it holds the device key."""
     return canonical_json({"purpose": AUTH_PURPOSE, "device_id": device_id, "nonce": nonce})
+
+
+def relay_challenge_message(device_id: str, nonce: str) -> bytes:
+    """What the relay signs so the agent knows it talks to the relay it enrolled with."""
+    return canonical_json({"purpose": RELAY_PURPOSE, "device_id": device_id, "nonce": nonce})
 
 
 def token_request_message(device_id: str, ts: str, nonce: str) -> bytes:

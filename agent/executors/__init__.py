@@ -1,0 +1,41 @@
+"""Executors: the code that performs an action on this device, after policy allowed it.
+
+``execute`` is the one entry point; each namespace lives in its own module and runs
+in a worker thread, since file, GUI and serial work all block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from coact.agent.executors.errors import ActionError
+from coact.agent.executors.files import FILE_ACTIONS, FileRoots, run_file_action
+from coact.agent.executors.system import system_info
+from coact.policy.document import Policy
+
+Executor = Callable[[str, Mapping[str, Any], Policy], dict[str, Any]]
+
+
+def _files(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    roots = FileRoots(
+        read=policy.files.read_roots, write=policy.files.write_roots,
+        max_write_bytes=policy.files.max_write_bytes,
+    )
+    return run_file_action(action, params, roots)
+
+
+def _system(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    return system_info()
+
+
+EXECUTORS: dict[str, Executor] = {name: _files for name in FILE_ACTIONS}
+EXECUTORS["system.info"] = _system
+
+
+async def execute(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    executor = EXECUTORS.get(action)
+    if executor is None:
+        raise ActionError("unsupported", f"{action} is not implemented by this agent yet")
+    return await asyncio.to_thread(executor, action, params, policy)

@@ -1,0 +1,171 @@
+"""``coact agent ...`` (enroll, run, status) and ``coact policy init``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coact.agent.config import DataDir, Identity, write_atomic
+from coact.agent.errors import AgentError, RevokedError
+from coact.shared import keys
+from coact.shared.clock import to_rfc3339, utc_now
+
+DATA_DIR_OPTION = click.option(
+    "--data-dir", type=click.Path(path_type=Path), envvar="COACT_AGENT_DATA_DIR", required=True,
+    help="The agent's data directory (key, identity, policy, database). [COACT_AGENT_DATA_DIR]",
+)
+OUTPUT_OPTION = click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+
+
+def fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+@click.group("agent")
+def agent_group() -> None:
+    """The resident device agent: enroll this device, run it, check on it."""
+
+
+@agent_group.command("enroll")
+@click.option("--relay", "relay_url", required=True, help="Relay URL, e.g. https://relay.example.com")
+@click.option("--code", required=True, help="One-time enrollment code from an admin.")
+@click.option("--name", default=None, help="Device name shown to admins. Default: the hostname.")
+@DATA_DIR_OPTION
+@OUTPUT_OPTION
+def enroll(relay_url: str, code: str, name: str | None, data_dir: Path, output: str) -> None:
+    """Create this device's key pair and enroll it with the relay.
+
+    The private key is generated here and never leaves the device. The relay's identity
+    key is pinned: later connections to a relay that cannot prove it are refused.
+    """
+    from coact.agent import relay_client
+
+    directory = DataDir(data_dir)
+    if directory.identity_path.exists():
+        fail(f"{data_dir} is already enrolled; use another --data-dir or remove it to re-enroll")
+    directory.ensure()
+    key = keys.generate_private_key()
+    name = name or socket.gethostname()
+    try:
+        answer = relay_client.enroll(relay_url, code, keys.public_key_b64(key), name, platform.system().lower())
+    except AgentError as exc:
+        fail(str(exc))
+    directory.write_private_key(key)
+    identity = Identity(
+        device_id=answer["device_id"], org_id=answer["org_id"], relay_url=relay_url.rstrip("/"),
+        relay_public_key=answer["relay_public_key"],
+        relay_fingerprint=keys.fingerprint(answer["relay_public_key"]),
+        name=name, enrolled_at=to_rfc3339(utc_now()),
+    )
+    if identity.relay_fingerprint != answer.get("root_key_fingerprint"):
+        fail("the relay's fingerprint does not match its key; refusing to pin it")
+    directory.write_identity(identity)
+    if output == "json":
+        click.echo(json.dumps({"device_id": identity.device_id, "org_id": identity.org_id,
+                               "relay_fingerprint": identity.relay_fingerprint}))
+        return
+    click.echo(f"Enrolled as {identity.device_id} in org {identity.org_id}.")
+    click.echo(f"Relay key fingerprint (pinned): {identity.relay_fingerprint}")
+    if not directory.policy_path.exists():
+        click.echo("No local policy yet: every action is denied until you run `coact policy init`.")
+
+
+@agent_group.command("run")
+@DATA_DIR_OPTION
+@click.option("--log-level", default="INFO", show_default=True)
+def run(data_dir: Path, log_level: str) -> None:
+    """Run the agent in the foreground until interrupted (SIGINT/SIGTERM)."""
+    from coact.agent.runtime import Agent
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def main() -> None:
+        agent = Agent(DataDir(data_dir))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await agent.run(stop)
+        finally:
+            agent.close()
+
+    try:
+        asyncio.run(main())
+    except RevokedError as exc:
+        fail(str(exc))
+    except AgentError as exc:
+        fail(str(exc))
+
+
+@agent_group.command("status")
+@DATA_DIR_OPTION
+@OUTPUT_OPTION
+def status(data_dir: Path, output: str) -> None:
+    """Show enrollment, connection state and the audit backlog of a local agent."""
+    directory = DataDir(data_dir)
+    try:
+        identity = directory.identity()
+    except AgentError as exc:
+        fail(str(exc))
+    info: dict[str, Any] = {
+        "device_id": identity.device_id, "org_id": identity.org_id, "relay_url": identity.relay_url,
+        "relay_fingerprint": identity.relay_fingerprint, "policy": str(directory.policy_path),
+        "policy_present": directory.policy_path.exists(),
+    }
+    try:
+        info.update(json.loads(directory.state_path.read_text()))
+    except (OSError, ValueError):
+        info["connected"] = False
+    if directory.db_path.exists():
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{directory.db_path}?mode=ro", uri=True)
+        try:
+            info["pending_audit"] = db.execute("SELECT count(*) FROM audit_outbox").fetchone()[0]
+        except sqlite3.Error:
+            info["pending_audit"] = None
+        finally:
+            db.close()
+    if output == "json":
+        click.echo(json.dumps(info))
+        return
+    for key, value in info.items():
+        click.echo(f"{key:18} {value}")
+
+
+@click.group("policy")
+def policy_group() -> None:
+    """The agent's local policy (default deny)."""
+
+
+@policy_group.command("init")
+@click.option("--sandbox", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Directory that file actions may read and write; everything else is denied.")
+@DATA_DIR_OPTION
+@click.option("--force", is_flag=True, help="Replace an existing policy.")
+def policy_init(sandbox: Path, data_dir: Path, force: bool) -> None:
+    """Write a policy that allows file actions under SANDBOX only."""
+    from coact.policy.document import parse_policy, render_sandbox_policy
+    from coact.policy.errors import PolicyError
+
+    directory = DataDir(data_dir)
+    if directory.policy_path.exists() and not force:
+        fail(f"{directory.policy_path} exists; pass --force to replace it")
+    sandbox.mkdir(parents=True, exist_ok=True)
+    try:
+        text = render_sandbox_policy(str(sandbox.resolve()))
+        parse_policy(text)
+    except PolicyError as exc:
+        fail(str(exc))
+    directory.ensure()
+    write_atomic(directory.policy_path, text.encode(), mode=0o600)
+    click.echo(f"Wrote {directory.policy_path}: file actions allowed under {sandbox.resolve()} only.")

@@ -1,0 +1,297 @@
+"""The resident agent: keeps one outbound WebSocket to its relay and serves it.
+
+Per connection: get a short-lived device token (signed request), open the socket,
+check the relay's signature against the pinned relay key, prove our own key, then
+run three loops until the socket closes — receive (tasks, acks), heartbeat
+(telemetry), and audit upload (one signed batch in flight at a time). Between
+connections: exponential backoff with full jitter, each reconnect audited. A
+revocation stops the agent for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from coact.agent import relay_client
+from coact.agent.config import DataDir, write_atomic
+from coact.agent.errors import AgentError, RevokedError
+from coact.agent.executors.system import telemetry
+from coact.agent.store import AgentStore
+from coact.agent.tasks import TaskRunner
+from coact.shared import keys
+from coact.shared.chain import ChainHead, sign_batch
+from coact.shared.clock import Clock, SystemClock, to_rfc3339
+from coact.shared.errors import ProtocolError, SignatureError
+from coact.shared.protocol import (
+    MAX_AUDIT_BATCH,
+    MAX_FRAME_BYTES,
+    AuditAck,
+    AuditBatch,
+    AuditNack,
+    AuditRecord,
+    Auth,
+    Challenge,
+    Error,
+    Heartbeat,
+    ResultAck,
+    TaskMessage,
+    TaskReceived,
+    TaskResult,
+    Welcome,
+    auth_message,
+    encode,
+    parse_relay_message,
+    relay_challenge_message,
+)
+
+log = logging.getLogger("coact.agent")
+
+AGENT_VERSION = "0.1.0"
+CLOSE_REVOKED = 4403
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    heartbeat_s: float = 20.0
+    audit_batch: int = MAX_AUDIT_BATCH
+    audit_ack_timeout_s: float = 30.0
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_parallel_tasks: int = 4
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] — spreads a fleet's reconnects."""
+    return rng.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+def websocket_url(relay_url: str) -> str:
+    if relay_url.startswith("https://"):
+        return "wss://" + relay_url.removeprefix("https://").rstrip("/") + "/api/v1/agent/ws"
+    if relay_url.startswith("http://"):
+        return "ws://" + relay_url.removeprefix("http://").rstrip("/") + "/api/v1/agent/ws"
+    raise AgentError(f"relay URL {relay_url!r} must start with http:// or https://")
+
+
+@dataclass
+class _Link:
+    ws: ClientConnection
+    audit_reply: asyncio.Queue[AuditAck | AuditNack] = field(default_factory=lambda: asyncio.Queue(1))
+
+
+class Agent:
+    def __init__(self, data_dir: DataDir, *, clock: Clock | None = None, options: AgentOptions | None = None) -> None:
+        self.data_dir = data_dir
+        self.clock = clock or SystemClock()
+        self.options = options or AgentOptions()
+        self.identity = data_dir.identity()
+        self.key = data_dir.private_key()
+        self.policy = data_dir.policy()
+        self.store = AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
+        self.runner = TaskRunner(self.store, self.policy, self.clock)
+        self.audit_wakeup = asyncio.Event()
+        self.rng = random.Random()
+        self.connected = False
+        self.last_error: str | None = None
+
+    async def audit(self, kind: str, data: dict[str, Any]) -> None:
+        await asyncio.to_thread(self.store.append_audit, kind, data)
+        self.audit_wakeup.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; raise :class:`RevokedError` if the device is revoked."""
+        await self.audit("agent.start", {"version": AGENT_VERSION, "pid": os.getpid()})
+        await self.runner.settle_interrupted()
+        attempt = 0
+        try:
+            while not stop.is_set():
+                try:
+                    established = await self._connect_once(stop)
+                    if established:
+                        attempt = 0
+                    if stop.is_set():
+                        break
+                except RevokedError:
+                    await self.audit("agent.revoked", {})
+                    raise
+                except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, AgentError,
+                        ProtocolError, websockets.exceptions.InvalidHandshake) as exc:
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("connection to relay failed: %s", self.last_error)
+                delay = backoff_delay(attempt, self.options.backoff_base_s, self.options.backoff_max_s, self.rng)
+                attempt += 1
+                await self.audit("agent.reconnect", {"attempt": attempt, "delay_s": round(delay, 3), "error": self.last_error})
+                self._write_state()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            self.connected = False
+            await self.audit("agent.stop", {})
+            self._write_state()
+
+    async def _connect_once(self, stop: asyncio.Event) -> bool:
+        token = await asyncio.to_thread(
+            relay_client.device_token, self.identity.relay_url, self.identity.device_id, self.key
+        )
+        async with connect(
+            websocket_url(self.identity.relay_url),
+            additional_headers={"Authorization": f"Bearer {token}"},
+            compression=None,
+            max_size=MAX_FRAME_BYTES,
+            open_timeout=15,
+            ping_interval=None,  # our heartbeats keep the link alive and carry telemetry
+        ) as ws:
+            try:
+                await self._handshake(ws)
+            except ConnectionClosed as exc:
+                self._raise_if_revoked(exc)
+                raise
+            self.connected = True
+            self.last_error = None
+            self._write_state()
+            log.info("connected to %s as %s", self.identity.relay_url, self.identity.device_id)
+            try:
+                await self._serve(_Link(ws), stop)
+            except ConnectionClosed as exc:
+                self._raise_if_revoked(exc)
+                self.last_error = f"connection closed: {exc}"
+            finally:
+                self.connected = False
+        return True
+
+    @staticmethod
+    def _raise_if_revoked(exc: ConnectionClosed) -> None:
+        if exc.rcvd is not None and exc.rcvd.code == CLOSE_REVOKED:
+            raise RevokedError("the relay revoked this device; ask an admin to re-enroll it") from exc
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        challenge = parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
+        if not isinstance(challenge, Challenge):
+            raise ProtocolError(f"expected a challenge, got {challenge.type}")
+        device_id = self.identity.device_id
+        try:
+            keys.verify(self.identity.relay_public_key, relay_challenge_message(device_id, challenge.nonce),
+                        challenge.relay_signature)
+        except SignatureError as exc:
+            # Not the relay we enrolled with: say nothing, prove nothing.
+            raise AgentError(
+                f"the relay at {self.identity.relay_url} did not prove the identity pinned at enrollment "
+                f"({self.identity.relay_fingerprint}); refusing to talk to it"
+            ) from exc
+        signature = keys.sign(self.key, auth_message(device_id, challenge.nonce))
+        await ws.send(encode(Auth(signature=signature, agent_version=AGENT_VERSION)))
+        welcome = parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
+        if isinstance(welcome, Error):
+            raise AgentError(f"relay refused the session: {welcome.detail}")
+        if not isinstance(welcome, Welcome) or welcome.device_id != device_id:
+            raise ProtocolError("expected a welcome for this device")
+
+    async def _serve(self, link: _Link, stop: asyncio.Event) -> None:
+        for result in await asyncio.to_thread(self.store.unacked_results):
+            await link.ws.send(encode(TaskResult(**result)))
+        async with asyncio.TaskGroup() as group:
+            workers = asyncio.Semaphore(self.options.max_parallel_tasks)
+            loops = [
+                group.create_task(self._heartbeat_loop(link)),
+                group.create_task(self._audit_loop(link)),
+                group.create_task(self._close_on_stop(link, stop)),
+            ]
+            try:
+                async for frame in link.ws:
+                    try:
+                        message = parse_relay_message(frame)
+                    except ProtocolError as exc:
+                        log.warning("bad frame from relay: %s", exc)
+                        continue
+                    await self._on_message(link, message, group, workers)
+            finally:
+                for loop in loops:
+                    loop.cancel()
+
+    async def _close_on_stop(self, link: _Link, stop: asyncio.Event) -> None:
+        await stop.wait()
+        await link.ws.close(1001, "agent stopping")
+
+    async def _on_message(
+        self, link: _Link, message: Any, group: asyncio.TaskGroup, workers: asyncio.Semaphore
+    ) -> None:
+        match message:
+            case TaskMessage(task=spec):
+                group.create_task(self._run_task(link, spec, workers))
+            case ResultAck(task_id=task_id):
+                await asyncio.to_thread(self.store.ack_result, task_id)
+            case AuditAck() | AuditNack():
+                if link.audit_reply.full():
+                    link.audit_reply.get_nowait()
+                link.audit_reply.put_nowait(message)
+            case Error(code="revoked", detail=detail):
+                raise RevokedError(f"the relay revoked this device: {detail}")
+            case Error(code=code, detail=detail):
+                log.warning("relay reports %s: %s", code, detail)
+            case _:
+                log.warning("unexpected %s from relay", message.type)
+
+    async def _run_task(self, link: _Link, spec: Any, workers: asyncio.Semaphore) -> None:
+        await link.ws.send(encode(TaskReceived(task_id=spec.id)))
+        async with workers:
+            result = await self.runner.handle(spec)
+        self.audit_wakeup.set()
+        if result is not None:
+            await link.ws.send(encode(TaskResult(**result)))
+
+    async def _heartbeat_loop(self, link: _Link) -> None:
+        while True:
+            figures = await asyncio.to_thread(telemetry)
+            figures["pending_audit"] = await asyncio.to_thread(self.store.pending_count)
+            await link.ws.send(encode(Heartbeat(telemetry=figures)))
+            self._write_state()
+            await asyncio.sleep(self.options.heartbeat_s)
+
+    async def _audit_loop(self, link: _Link) -> None:
+        device_id = self.identity.device_id
+        while True:
+            records = await asyncio.to_thread(self.store.pending_audit, self.options.audit_batch)
+            if not records:
+                self.audit_wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.audit_wakeup.wait(), 5)
+                continue
+            last = records[-1]
+            signature = sign_batch(self.key, device_id, ChainHead(last["seq"], last["hash"]))
+            batch = AuditBatch(records=[AuditRecord(**r) for r in records], signature=signature)
+            await link.ws.send(encode(batch))
+            try:
+                reply = await asyncio.wait_for(link.audit_reply.get(), self.options.audit_ack_timeout_s)
+            except TimeoutError:
+                log.warning("no audit ack within %s s; resending", self.options.audit_ack_timeout_s)
+                continue
+            if isinstance(reply, AuditAck):
+                await asyncio.to_thread(self.store.ack_audit, reply.last_seq, reply.head_hash)
+            else:
+                # Never drop records on a nack: keep them, say why, retry later.
+                log.error("relay refused audit batch (%s): %s", reply.code, reply.detail)
+                await asyncio.sleep(5)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "connected": self.connected,
+            "updated_at": to_rfc3339(self.clock.now()),
+            "last_error": self.last_error,
+        }
+        with contextlib.suppress(OSError):
+            write_atomic(self.data_dir.state_path, json.dumps(state).encode(), mode=0o600)
+
+    def close(self) -> None:
+        self.store.close()

@@ -1,0 +1,131 @@
+"""Running one task on this device: journal, local policy, executor, result, audit.
+
+The order is the safety argument: the task id is journaled *before* anything runs, so
+a redelivery (after a reconnect or a crash) is recognised and never runs again; the
+local policy is evaluated before every action, whatever the relay said; every step
+leaves an audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from coact.agent.executors import execute
+from coact.agent.executors.errors import ActionError
+from coact.agent.store import AgentStore
+from coact.policy.decision import decide
+from coact.policy.document import Policy
+from coact.shared.canonical import sha256_hex
+from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
+from coact.shared.protocol import MAX_FRAME_BYTES, TaskSpec
+
+log = logging.getLogger("coact.agent.tasks")
+
+# Results travel in one WebSocket frame; leave room for the envelope.
+MAX_OUTPUT_BYTES = MAX_FRAME_BYTES - 64 * 1024
+# Long parameter values (file contents) are audited by digest, not copied.
+AUDIT_INLINE_CHARS = 256
+
+
+def audit_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if isinstance(value, str) and len(value) > AUDIT_INLINE_CHARS:
+            out[name] = {"sha256": sha256_hex(value.encode()), "chars": len(value)}
+        else:
+            out[name] = value
+    return out
+
+
+class TaskRunner:
+    def __init__(self, store: AgentStore, policy: Policy, clock: Clock) -> None:
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.running: set[str] = set()
+
+    async def audit(self, kind: str, data: Mapping[str, Any], task_id: str | None = None) -> None:
+        await asyncio.to_thread(self.store.append_audit, kind, data, task_id)
+
+    async def settle_interrupted(self) -> None:
+        """Tasks a crash left mid-run are reported failed: running them again could act twice."""
+        for task_id in await asyncio.to_thread(self.store.interrupted_tasks):
+            await self._finish(task_id, self._result(
+                task_id, "failed", None, "interrupted: the agent stopped while this task ran; it is not run again",
+                None,
+            ))
+
+    async def handle(self, spec: TaskSpec) -> dict[str, Any] | None:
+        """Run ``spec`` unless it ran before; return the result to send, or None to send nothing."""
+        if spec.id in self.running:
+            return None  # a redelivery while it runs: the result will follow
+        state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.model_dump())
+        if state == "done":
+            await self.audit("task.redelivered", {"action": spec.action}, spec.id)
+            return await asyncio.to_thread(self.store.task_result, spec.id)
+        if state == "running":
+            await self.settle_interrupted()
+            return await asyncio.to_thread(self.store.task_result, spec.id)
+        self.running.add(spec.id)
+        try:
+            return await self._run(spec)
+        finally:
+            self.running.discard(spec.id)
+
+    async def _run(self, spec: TaskSpec) -> dict[str, Any]:
+        await self.audit("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
+        if spec.expires_at is not None and from_rfc3339(spec.expires_at) <= self.clock.now():
+            return await self._finish(spec.id, self._result(spec.id, "failed", None, "expired before it could run", None))
+        decision = decide(self.policy, spec.action, spec.params)
+        await self.audit(
+            "policy.decision",
+            {"action": spec.action, "outcome": decision.outcome, "reasons": list(decision.reasons), "rule": decision.rule},
+            spec.id,
+        )
+        if decision.outcome != "allow":
+            why = "; ".join(decision.reasons)
+            if decision.outcome == "needs_approval":
+                why = f"needs approval, which this agent cannot verify yet: {why}"
+            return await self._finish(spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None))
+        started = to_rfc3339(self.clock.now())
+        await self.audit("action.started", {"action": spec.action}, spec.id)
+        output: Any = None
+        try:
+            output = await asyncio.wait_for(execute(spec.action, spec.params, self.policy), spec.timeout_s)
+            status, error = "succeeded", None
+            if len(json.dumps(output)) > MAX_OUTPUT_BYTES:
+                status, error, output = "failed", "output is too large to return (artifacts come later)", None
+        except ActionError as exc:
+            status, error = "failed", f"{exc.code}: {exc}"
+        except TimeoutError:
+            status, error = "timed_out", f"did not finish within {spec.timeout_s:g} s"
+        except Exception as exc:  # an executor bug must not kill the agent: report and audit it
+            log.exception("executor for %s failed", spec.action)
+            status, error = "failed", f"internal error: {type(exc).__name__}"
+        result = self._result(spec.id, status, output, error, started)
+        await self.audit(
+            "action.finished",
+            {"action": spec.action, "status": status, "ok": status == "succeeded", "error": error,
+             "output_sha256": sha256_hex(json.dumps(output, sort_keys=True).encode())},
+            spec.id,
+        )
+        return await self._finish(spec.id, result)
+
+    def _result(self, task_id: str, status: str, output: Any, error: str | None, started: str | None) -> dict[str, Any]:
+        return {
+            "task_id": task_id,
+            "status": status,
+            "ok": status == "succeeded",
+            "output": output,
+            "error": error,
+            "started_at": started,
+            "finished_at": to_rfc3339(self.clock.now()),
+        }
+
+    async def _finish(self, task_id: str, result: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.to_thread(self.store.finish_task, task_id, result)
+        return result
