@@ -44,10 +44,32 @@ class AuditPipeline:
         self.relay_public_key = keys.public_key_b64(relay_key)
         # chDB is one in-process engine: serialise access to it, off the event loop.
         self._sink_lock = asyncio.Lock()
+        self._reconciled: set[str] = set()
 
     async def _sink(self, method: str, *args: Any, **kwargs: Any) -> Any:
         async with self._sink_lock:
             return await asyncio.to_thread(getattr(self.sink, method), *args, **kwargs)
+
+    async def _head(self, chain_id: str, org_id: str) -> ChainHead:
+        """The chain's stored head, reconciled with ClickHouse once per chain per process.
+
+        The head in the state database advances only after the ClickHouse insert; a
+        relay that died between the two left rows in ClickHouse beyond the recorded
+        head. Those rows were verified before insertion, so the first time this process
+        sees the chain it moves the head up to them, and a redelivered batch then adds
+        nothing instead of a second copy of its rows.
+        """
+        head = await self.store.audit_head(chain_id)
+        if chain_id not in self._reconciled:
+            stored: ChainHead = await self._sink("head", org_id, chain_id)
+            if stored.seq > (head.seq if head else 0):
+                log.info("audit chain %s: ClickHouse is ahead (%d > %s); adopting its head",
+                         chain_id, stored.seq, head.seq if head else 0)
+                if not await self.store.advance_audit_head(chain_id, org_id, head, stored):
+                    raise ChainError(f"chain head of {chain_id} moved during reconciliation")
+                head = stored
+            self._reconciled.add(chain_id)
+        return head or GENESIS
 
     async def ingest_device_batch(
         self, device: Row, records: Sequence[Mapping[str, Any]], signature: str
@@ -59,7 +81,7 @@ class AuditPipeline:
                 org_id, "security.foreign_audit", {"device_id": device_id, "claimed": foreign["device_id"]}
             )
             return AuditNack(code="foreign_record", detail=f"record {foreign['seq']} names another device")
-        head = await self.store.audit_head(device_id) or GENESIS
+        head = await self._head(device_id, org_id)
         stored = [r for r in records if r["seq"] <= head.seq]
         fresh = [r for r in records if r["seq"] > head.seq]
         try:
@@ -93,7 +115,7 @@ class AuditPipeline:
             batch = list(group)
             org_id = batch[0]["org_id"]
             records = [r["record"] for r in batch]
-            head = await self.store.audit_head(chain_id) or GENESIS
+            head = await self._head(chain_id, org_id)
             fresh = [r for r in records if r["seq"] > head.seq]
             if fresh:
                 new_head = verify_chain(fresh, start=head, device_id=chain_id)
