@@ -84,6 +84,24 @@ def websocket_url(relay_url: str) -> str:
     raise AgentError(f"relay URL {relay_url!r} must start with http:// or https://")
 
 
+def _most_telling(failures: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error of a failed session to act on: a revocation beats a closed socket."""
+    flat: list[BaseException] = []
+
+    def walk(group: BaseExceptionGroup[BaseException]) -> None:
+        for error in group.exceptions:
+            if isinstance(error, BaseExceptionGroup):
+                walk(error)
+            else:
+                flat.append(error)
+
+    walk(failures)
+    for error in flat:
+        if isinstance(error, RevokedError):
+            return error
+    return flat[0]
+
+
 @dataclass
 class _Link:
     ws: ClientConnection
@@ -200,6 +218,12 @@ class Agent:
     async def _serve(self, link: _Link, stop: asyncio.Event) -> None:
         for result in await asyncio.to_thread(self.store.unacked_results):
             await link.ws.send(encode(TaskResult(**result)))
+        try:
+            await self._serve_group(link, stop)
+        except BaseExceptionGroup as failures:
+            raise _most_telling(failures) from None
+
+    async def _serve_group(self, link: _Link, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as group:
             workers = asyncio.Semaphore(self.options.max_parallel_tasks)
             loops = [

@@ -38,9 +38,10 @@ def test_enroll_connect_and_every_file_action(relay: Relay, agent_factory, tmp_p
     agent, device_id, sandbox = agent_factory("files", admin)
     agent.start()
     wait_online(admin, device_id)
-    device = admin.ok("GET", f"/api/v1/devices/{device_id}")
+    device = wait_for(lambda: (d := admin.ok("GET", f"/api/v1/devices/{device_id}"))["telemetry"] and d,
+                      what="the first heartbeat's telemetry")
     assert device["status"] == "active"
-    assert "cpu_percent" in (device["telemetry"] or {})
+    assert device["telemetry"]["memory_percent"] > 0
 
     written = run_task(admin, device_id, "file.write", path=str(sandbox / "a.txt"), content="hello coact")
     assert written["status"] == "succeeded", written
