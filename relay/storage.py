@@ -207,12 +207,24 @@ class Store:
     async def issue_refresh_token(
         self, user: Row, token_hash: str, ttl_s: int, family_id: str | None = None
     ) -> str:
+        t = s.refresh_tokens
         family = family_id or new_id("fam")
         async with self._tx() as conn:
+            # Rotation consumes the old token and mints its successor in two transactions;
+            # a reuse or logout between them revokes the family, and the successor must
+            # not escape that: it is born revoked.
+            revoked_at: str | None = None
+            if family_id is not None:
+                revoked = await conn.execute(
+                    select(t.c.id).where(t.c.family_id == family, t.c.revoked_at.is_not(None)).limit(1)
+                )
+                if revoked.first() is not None:
+                    revoked_at = self.now()
             await conn.execute(
-                insert(s.refresh_tokens).values(
+                insert(t).values(
                     id=new_id("rt"), family_id=family, user_id=user["id"], org_id=user["org_id"],
                     token_hash=token_hash, created_at=self.now(), expires_at=self.later(ttl_s),
+                    revoked_at=revoked_at,
                 )
             )
         return family
