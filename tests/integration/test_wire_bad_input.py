@@ -1,0 +1,179 @@
+"""A device that misbehaves on the WebSocket gets a specific answer and changes nothing.
+
+These tests speak the wire protocol directly with a real enrolled identity, so they
+can send what a correct agent never would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import Agent, Api, Relay
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from coact.agent.config import DataDir
+from coact.agent.relay_client import device_token
+from coact.shared import keys
+from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch
+from coact.shared.protocol import auth_message
+
+
+class Device:
+    def __init__(self, relay: Relay, data_dir: Path) -> None:
+        directory = DataDir(data_dir)
+        self.relay = relay
+        self.identity = directory.identity()
+        self.key = directory.private_key()
+        self.device_id = self.identity.device_id
+
+    def token(self) -> str:
+        return device_token(self.relay.url, self.device_id, self.key)
+
+    async def open(self, *, sign_with: Any = None) -> ClientConnection:
+        ws = await connect(
+            self.relay.url.replace("http://", "ws://") + "/api/v1/agent/ws",
+            additional_headers={"Authorization": f"Bearer {self.token()}"},
+            compression=None, max_size=None, ping_interval=None,
+        )
+        challenge = json.loads(await ws.recv())
+        signature = keys.sign(sign_with or self.key, auth_message(self.device_id, challenge["nonce"]))
+        await ws.send(json.dumps({"v": 1, "type": "auth", "signature": signature}))
+        return ws
+
+    async def session(self) -> ClientConnection:
+        ws = await self.open()
+        welcome = json.loads(await ws.recv())
+        assert welcome["type"] == "welcome"
+        return ws
+
+
+async def next_of(ws: ClientConnection, *types: str) -> dict[str, Any]:
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if message["type"] in types:
+            return message
+
+
+@pytest.fixture
+async def devices(relay: Relay, tmp_path: Path) -> AsyncIterator[tuple[Api, Device, Device]]:
+    admin, _ = relay.new_admin()
+    _a, _ = Agent.enroll(relay, admin, tmp_path / "a", tmp_path / "sa")
+    _b, _ = Agent.enroll(relay, admin, tmp_path / "b", tmp_path / "sb")
+    yield admin, Device(relay, tmp_path / "a"), Device(relay, tmp_path / "b")
+
+
+def chain(device_id: str, count: int, head: ChainHead = GENESIS) -> list[dict[str, Any]]:
+    records = []
+    for i in range(count):
+        record = make_record(head, device_id=device_id, kind="test.event", ts="2026-11-26T00:00:00.000000Z", data={"i": i})
+        records.append(record)
+        head = ChainHead(record["seq"], record["hash"])
+    return records
+
+
+def batch(device: Device, records: list[dict[str, Any]], key: Any = None) -> str:
+    last = records[-1]
+    signature = sign_batch(key or device.key, device.device_id, ChainHead(last["seq"], last["hash"]))
+    return json.dumps({"v": 1, "type": "audit_batch", "records": records, "signature": signature})
+
+
+async def test_audit_batches_are_checked_before_anything_is_stored(devices: tuple[Api, Device, Device]) -> None:
+    admin, a, b = devices
+    ws = await a.session()
+    records = chain(a.device_id, 5)
+
+    await ws.send(batch(a, records[2:]))  # starts at seq 3: a gap
+    nack = await next_of(ws, "audit_ack", "audit_nack")
+    assert nack == {**nack, "type": "audit_nack", "code": "gap", "expected_seq": 1}
+
+    await ws.send(batch(a, records, key=keys.generate_private_key()))  # signed by another key
+    nack = await next_of(ws, "audit_ack", "audit_nack")
+    assert (nack["type"], nack["code"]) == ("audit_nack", "invalid")
+
+    tampered = [dict(r) for r in records]
+    tampered[1]["data"] = {"i": 99}
+    await ws.send(batch(a, tampered))
+    nack = await next_of(ws, "audit_ack", "audit_nack")
+    assert nack["code"] == "invalid"
+    assert nack["detail"].startswith("record 2 was altered")
+
+    await ws.send(batch(a, chain(b.device_id, 2)))  # records of another device
+    nack = await next_of(ws, "audit_ack", "audit_nack")
+    assert nack["code"] == "foreign_record"
+
+    audit = admin.ok("GET", f"/api/v1/audit?device_id={a.device_id}")
+    assert audit["items"] == []
+
+    await ws.send(batch(a, records))
+    ack = await next_of(ws, "audit_ack", "audit_nack")
+    assert ack == {**ack, "type": "audit_ack", "last_seq": 5, "head_hash": records[-1]["hash"]}
+    await ws.send(batch(a, records))  # redelivery: acknowledged, stored once
+    assert (await next_of(ws, "audit_ack", "audit_nack"))["type"] == "audit_ack"
+    forked = chain(a.device_id, 5)
+    forked[4] = make_record(ChainHead(4, records[3]["hash"]), device_id=a.device_id, kind="other", ts="x", data={})
+    await ws.send(batch(a, forked))
+    nack = await next_of(ws, "audit_ack", "audit_nack")
+    assert nack["code"] == "fork"
+    stored = admin.ok("GET", f"/api/v1/audit?device_id={a.device_id}")["items"]
+    assert [r["seq"] for r in stored] == [1, 2, 3, 4, 5]
+    assert [r["hash"] for r in stored] == [r["hash"] for r in records]
+    await ws.close()
+
+
+async def test_results_for_another_devices_task_are_refused(devices: tuple[Api, Device, Device]) -> None:
+    admin, a, b = devices
+    task = admin.ok("POST", "/api/v1/tasks", {"device_id": b.device_id, "action": "file.stat", "params": {"path": "/"}})
+    ws = await a.session()
+    await ws.send(json.dumps({
+        "v": 1, "type": "task_result", "task_id": task["id"], "status": "succeeded", "ok": True,
+        "output": {"forged": True}, "finished_at": "2026-11-26T00:00:00.000000Z",
+    }))
+    error = await next_of(ws, "error", "result_ack")
+    assert error["type"] == "error"
+    assert "not a task of this device" in error["detail"]
+    assert admin.ok("GET", f"/api/v1/tasks/{task['id']}")["result"] is None
+    await ws.close()
+
+
+async def test_malformed_frames_get_errors_then_the_socket_closes(devices: tuple[Api, Device, Device]) -> None:
+    _admin, a, _b = devices
+    ws = await a.session()
+    for frame in ("{not json", json.dumps({"v": 1, "type": "launch_missiles"}), json.dumps({"v": 2, "type": "heartbeat"}),
+                  json.dumps({"v": 1, "type": "heartbeat", "telemetry": {}, "extra": 1})):
+        await ws.send(frame)
+        error = await next_of(ws, "error")
+        assert error["code"] == "protocol_error"
+    await ws.send("{}")
+    await next_of(ws, "error")
+    with pytest.raises(ConnectionClosed) as closed:
+        await next_of(ws, "error")
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4400
+
+
+async def test_oversized_frames_close_the_socket(devices: tuple[Api, Device, Device]) -> None:
+    _admin, a, _b = devices
+    ws = await a.session()
+    with pytest.raises(ConnectionClosed) as closed:  # the relay may close while we still send
+        await ws.send(json.dumps({"v": 1, "type": "heartbeat", "telemetry": {"x": "a" * (5 * 1024 * 1024)}}))
+        await next_of(ws, "error")
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_a_token_without_the_key_does_not_open_a_session(devices: tuple[Api, Device, Device]) -> None:
+    _admin, a, _b = devices
+    ws = await a.open(sign_with=keys.generate_private_key())
+    with pytest.raises(ConnectionClosed) as closed:
+        await next_of(ws, "welcome")
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4401
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(a.relay.url.replace("http://", "ws://") + "/api/v1/agent/ws")
+    assert refused.value.response.status_code == 401
