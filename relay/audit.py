@@ -25,6 +25,7 @@ from coact.relay.storage import Row, Store
 from coact.shared import keys
 from coact.shared.chain import (
     GENESIS,
+    ChainHead,
     check_overlap,
     sign_batch,
     verify_batch_signature,

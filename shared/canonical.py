@@ -13,7 +13,6 @@ import rfc8785
 
 from coact.shared.errors import CanonicalizationError
 
-
 # rfc8785 refuses every int outside the I-JSON safe range, +-(2**53 - 1).
 _MAX_SAFE_INT = 2**53 - 1
 

@@ -77,7 +77,7 @@ async def enroll(call: Call) -> Enrolled:
 
 @routes.route("POST", "/api/v1/devices/token", access=PUBLIC, body=DeviceTokenRequest, response=DeviceToken,
               summary="Get a short-lived device token by signing a fresh request with the device key",
-              errors=(400, 401, 403))
+              errors=(400, 401))
 async def device_token(call: Call) -> DeviceToken:
     # Public in the routing sense: the caller proves itself with the signature below.
     svc = services(call.request)

@@ -159,6 +159,7 @@ class Risk(Response):
 
 class TaskResult(Response):
     ok: bool
+    denied: bool = Field(default=False, description="True when the device's local policy refused the action.")
     output: Any = None
     error: str | None = None
     artifacts: list[str] = Field(default_factory=list)

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from harness import Agent, Api, Relay, run_cli, wait_for, wait_online, wait_task
+from harness import Api, Relay, run_cli, wait_for, wait_online, wait_task
 
 
 def create_task(api: Api, device_id: str, action: str, **params: object) -> str:

@@ -65,7 +65,7 @@ async def devices(relay: Relay, tmp_path: Path) -> AsyncIterator[tuple[Api, Devi
     admin, _ = relay.new_admin()
     _a, _ = Agent.enroll(relay, admin, tmp_path / "a", tmp_path / "sa")
     _b, _ = Agent.enroll(relay, admin, tmp_path / "b", tmp_path / "sb")
-    yield admin, Device(relay, tmp_path / "a"), Device(relay, tmp_path / "b")
+    return admin, Device(relay, tmp_path / "a"), Device(relay, tmp_path / "b")
 
 
 def chain(device_id: str, count: int, head: ChainHead = GENESIS) -> list[dict[str, Any]]:
@@ -160,9 +160,14 @@ async def test_malformed_frames_get_errors_then_the_socket_closes(devices: tuple
 async def test_oversized_frames_close_the_socket(devices: tuple[Api, Device, Device]) -> None:
     _admin, a, _b = devices
     ws = await a.session()
-    with pytest.raises(ConnectionClosed) as closed:  # the relay may close while we still send
-        await ws.send(json.dumps({"v": 1, "type": "heartbeat", "telemetry": {"x": "a" * (5 * 1024 * 1024)}}))
+    frame = json.dumps({"v": 1, "type": "heartbeat", "telemetry": {"x": "a" * (5 * 1024 * 1024)}})
+
+    async def send_and_read() -> None:  # the relay may close while we are still sending
+        await ws.send(frame)
         await next_of(ws, "error")
+
+    with pytest.raises(ConnectionClosed) as closed:
+        await send_and_read()
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 1009
 

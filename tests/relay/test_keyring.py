@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+
 from coact.relay.keyring import INDEX_NAME, KeyRing, KeyRingError, kid_for
 from coact.shared import keys
-from cryptography.hazmat.primitives import serialization
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 

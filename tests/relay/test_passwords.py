@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argon2
 import pytest
+
 from coact.relay.passwords import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,

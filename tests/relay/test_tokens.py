@@ -14,6 +14,9 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from coact.relay.keyring import KeyRing
 from coact.relay.tokens import (
     CLOCK_LEEWAY,
@@ -28,8 +31,6 @@ from coact.relay.tokens import (
     new_refresh_token,
 )
 from coact.shared import keys
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ISSUER = "https://relay.coact.test"
 
