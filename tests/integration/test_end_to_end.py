@@ -83,6 +83,7 @@ def test_denials_carry_reasons_and_touch_nothing(relay: Relay, agent_factory, tm
 
     denied = run_task(admin, device_id, "file.read", path=str(outside))
     assert denied["status"] == "failed"
+    assert denied["result"]["denied"] is True
     assert "outside every read root" in denied["result"]["error"]
     traversal = run_task(admin, device_id, "file.write", path=f"{sandbox}/../outside.txt", content="owned", overwrite=True)
     assert traversal["status"] == "failed"
