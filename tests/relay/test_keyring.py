@@ -6,32 +6,18 @@ import base64
 import json
 import os
 import stat
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from fakes import FakeClock
 
 from coact.relay.keyring import INDEX_NAME, KeyRing, KeyRingError, kid_for
 from coact.shared import keys
 
 posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.current = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.current.timestamp()
-
-    def advance(self, delta: timedelta) -> None:
-        self.current += delta
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fakes import FakeClock
 from sqlalchemy import func, select
 
 from coact.relay import schema
@@ -25,22 +25,6 @@ from coact.relay.storage import Row, Store, open_engine
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, verify_chain
 from coact.shared.clock import to_rfc3339
-
-
-class FakeClock:
-    """A ``coact.shared.clock.Clock`` that the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.current = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.current.timestamp()
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
 
 
 @pytest.fixture

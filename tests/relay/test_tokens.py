@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fakes import FakeClock
 
 from coact.relay.keyring import KeyRing
 from coact.relay.tokens import (
@@ -34,21 +35,6 @@ from coact.shared import keys
 
 ISSUER = "https://relay.coact.test"
 
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.current = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-    def now(self) -> datetime:
-        return self.current
-
-    def monotonic(self) -> float:
-        return self.current.timestamp()
-
-    def advance(self, delta: timedelta) -> None:
-        self.current += delta
 
 
 @pytest.fixture
