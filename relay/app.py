@@ -27,11 +27,12 @@ from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
 from coact.relay.problems import problem_middleware
-from coact.relay.routing import Route, RouteTable, install
+from coact.relay.routing import Access, Principal, Route, RouteTable, install
 from coact.relay.services import Services, password_hasher, token_issuer
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
 from coact.shared.clock import Clock, SystemClock
+from coact.shared.keys import public_key_b64
 
 log = logging.getLogger("coact.relay")
 
@@ -66,8 +67,6 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         # the relay's own audit chains.
         identity = await asyncio.to_thread(KeyRing.load_or_create, settings.data_dir / "keys" / "identity", clock)
         identity_key = identity.active().private_key
-        from coact.shared.keys import public_key_b64
-
         store = await Store.open(settings.effective_database_url, clock, settings.relay_id, public_key_b64(identity_key))
         sink = await asyncio.to_thread(AuditStore.open, settings.effective_audit_url)
         await asyncio.to_thread(sink.ensure_schema)
@@ -101,5 +100,5 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     return app
 
 
-async def _authenticate(request: web.Request, access):  # type: ignore[no-untyped-def]
+async def _authenticate(request: web.Request, access: Access) -> Principal | None:
     return await request.app[SERVICES].authenticate(request, access)
