@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test lint typecheck clean
 
 $(BIN)/coact: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
+
+typecheck: install
+	scripts/typecheck
 
 clean:
 	rm -rf demo-data .pytest_cache .ruff_cache

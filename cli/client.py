@@ -201,7 +201,9 @@ class ProfileStore:
         raw = self._read()["profiles"].get(name)
         if not isinstance(raw, dict) or not isinstance(raw.get("relay"), str):
             return None
-        fields = {k: raw.get(k) for k in ("relay", "access_token", "refresh_token", "expires_at", "email")}
+        fields: dict[str, Any] = {
+            k: raw.get(k) for k in ("relay", "access_token", "refresh_token", "expires_at", "email")
+        }
         return Profile(**fields)
 
     def save(self, name: str, profile: Profile) -> None:

@@ -426,8 +426,9 @@ class Store:
         expires_at: str,
     ) -> Row:
         now = self.now()
+        task_id = new_id("tsk")
         values = {
-            "id": new_id("tsk"), "org_id": org_id, "device_id": device_id, "action": action,
+            "id": task_id, "org_id": org_id, "device_id": device_id, "action": action,
             "params": dict(params), "status": status, "risk": dict(risk), "created_by": created_by,
             "created_at": now, "updated_at": now, "timeout_s": timeout_s, "expires_at": expires_at,
             "attempts": 0,
@@ -438,7 +439,7 @@ class Store:
                 conn, org_id, "task.created",
                 {"device_id": device_id, "action": action, "status": status, "by": created_by,
                  "risk": risk.get("level")},
-                task_id=values["id"],
+                task_id=task_id,
             )
         return values
 

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from coact.shared.canonical import canonical_json
 from coact.shared.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Literal[1] = 1
 AUTH_PURPOSE = "coact.ws.auth.v1"
 RELAY_PURPOSE = "coact.ws.relay.v1"
 TOKEN_PURPOSE = "coact.device.token.v1"

@@ -69,7 +69,7 @@ DOCS_ASSETS = {"swagger-ui.css": "text/css", "swagger-ui-bundle.js": "applicatio
 @routes.route("GET", "/docs/assets/{name}", access=PUBLIC, content_type="application/octet-stream",
               summary="Swagger UI assets, served from the installed package (no CDN)", errors=(404,))
 async def docs_asset(call: Call) -> web.StreamResponse:
-    import swagger_ui_bundle  # type: ignore[import-untyped]
+    import swagger_ui_bundle
 
     name = call.request.match_info["name"]
     if name not in DOCS_ASSETS:
