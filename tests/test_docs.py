@@ -148,11 +148,11 @@ def test_settings_table_is_current() -> None:
 # -- (c) every CLI command is documented ---------------------------------------------
 
 
-def _walk(command: click.Command, prefix: str) -> list[str]:
+def _walk(command: click.Command, prefix: str) -> list[tuple[str, click.Command]]:
     if not isinstance(command, click.Group):
-        return [prefix]
+        return [(prefix, command)]
     ctx = click.Context(command, info_name=prefix)
-    found: list[str] = []
+    found: list[tuple[str, click.Command]] = []
     for name in command.list_commands(ctx):
         sub = command.get_command(ctx, name)
         assert sub is not None, f"{prefix} {name} is listed but cannot be loaded"
@@ -160,10 +160,10 @@ def _walk(command: click.Command, prefix: str) -> list[str]:
     return found
 
 
-def cli_commands() -> list[str]:
-    """Every leaf command of ``coact``, e.g. ``coact relay keys rotate``."""
+def cli_commands() -> list[tuple[str, click.Command]]:
+    """Every leaf command of ``coact`` with its name, e.g. ``coact relay keys rotate``."""
     ctx = click.Context(cli, info_name="coact")
-    found: list[str] = []
+    found: list[tuple[str, click.Command]] = []
     for name in sorted(LAZY_GROUPS):
         command = cli.get_command(ctx, name)  # imports the module: a missing one fails here
         assert command is not None, name
@@ -171,18 +171,27 @@ def cli_commands() -> list[str]:
     return found
 
 
-# TODO: drop this marker once docs/cli.md covers every command (it XPASSes then).
-@pytest.mark.xfail(
-    reason="docs/cli.md is being written in parallel and does not yet cover every command",
-    strict=False,
-)
-def test_cli_commands_documented() -> None:
-    headings = [line for line in _read(CLI_DOC).splitlines() if line.startswith("#")]
-    missing = [
-        name for name in cli_commands()
-        if not any(re.search(rf"{re.escape(name)}(?![\w-])", heading) for heading in headings)
-    ]
-    assert not missing, f"CLI commands without a heading in docs/cli.md: {missing}"
+def _section(doc: str, name: str) -> str:
+    """The text of the ``### <name>`` section of ``doc`` ('' if there is none)."""
+    match = re.search(rf"^### {re.escape(name)}$(.*?)(?=^#{{1,3}} |\Z)", doc, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
+
+
+@pytest.mark.parametrize(("name", "command"), cli_commands(), ids=[n for n, _ in cli_commands()])
+def test_cli_command_and_its_options_documented(name: str, command: click.Command) -> None:
+    doc = _read(CLI_DOC)
+    section = _section(doc, name)
+    assert section, f"docs/cli.md has no '### {name}' section"
+    shared_options = _section_by_heading(doc, "Admin conventions")
+    for param in command.params:
+        if isinstance(param, click.Option) and not param.hidden:
+            documented = any(f"`{opt}" in section or f"`{opt}" in shared_options for opt in param.opts)
+            assert documented, f"{name}: option {param.opts[0]} is not documented in its section"
+
+
+def _section_by_heading(doc: str, heading: str) -> str:
+    match = re.search(rf"^## {re.escape(heading)}$(.*?)(?=^## |\Z)", doc, flags=re.MULTILINE | re.DOTALL)
+    return match.group(1) if match else ""
 
 
 # -- (d) every wire message type and close code is documented -------------------------
