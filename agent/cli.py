@@ -8,6 +8,7 @@ import logging
 import platform
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,9 @@ DATA_DIR_OPTION = click.option(
     help="The agent's data directory (key, identity, policy, database). [COACT_AGENT_DATA_DIR]",
 )
 OUTPUT_OPTION = click.option("--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+
+
+EXIT_REVOKED = 3
 
 
 def fail(message: str) -> None:
@@ -101,7 +105,10 @@ def run(data_dir: Path, log_level: str) -> None:
     try:
         asyncio.run(main())
     except RevokedError as exc:
-        fail(str(exc))
+        # A distinct status, so service managers can tell "revoked: do not restart"
+        # from a crash (see installers/systemd/coact-agent.service).
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_REVOKED)
     except AgentError as exc:
         fail(str(exc))
 
