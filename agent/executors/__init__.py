@@ -7,6 +7,7 @@ in a worker thread, since file, GUI and serial work all block.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,18 +16,18 @@ from coact.agent.executors.files import FILE_ACTIONS, FileRoots, run_file_action
 from coact.agent.executors.system import system_info
 from coact.policy.document import Policy
 
-Executor = Callable[[str, Mapping[str, Any], Policy], dict[str, Any]]
+Executor = Callable[[str, Mapping[str, Any], Policy, threading.Event], dict[str, Any]]
 
 
-def _files(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+def _files(action: str, params: Mapping[str, Any], policy: Policy, cancel: threading.Event) -> dict[str, Any]:
     roots = FileRoots(
         read=policy.files.read_roots, write=policy.files.write_roots,
         max_write_bytes=policy.files.max_write_bytes,
     )
-    return run_file_action(action, params, roots)
+    return run_file_action(action, params, roots, cancel)
 
 
-def _system(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+def _system(action: str, params: Mapping[str, Any], policy: Policy, cancel: threading.Event) -> dict[str, Any]:
     return system_info()
 
 
@@ -35,7 +36,14 @@ EXECUTORS["system.info"] = _system
 
 
 async def execute(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
+    """Run the action in a worker thread; if this call is cancelled (a timeout), tell the
+    executor to stop, since a thread cannot be interrupted from outside."""
     executor = EXECUTORS.get(action)
     if executor is None:
         raise ActionError("unsupported", f"{action} is not implemented by this agent yet")
-    return await asyncio.to_thread(executor, action, params, policy)
+    cancel = threading.Event()
+    try:
+        return await asyncio.to_thread(executor, action, params, policy, cancel)
+    except asyncio.CancelledError:
+        cancel.set()
+        raise

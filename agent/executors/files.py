@@ -32,9 +32,10 @@ import hashlib
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -88,12 +89,12 @@ class FileRoots:
 
     def __post_init__(self) -> None:
         # Roots are configuration: fail loudly at construction, not on first use.
-        for field in ("read", "write"):
-            value = getattr(self, field)
+        for name in ("read", "write"):
+            value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
-                raise ValueError(f"FileRoots.{field} must be a tuple of paths, not {value!r}")
+                raise ValueError(f"FileRoots.{name} must be a tuple of paths, not {value!r}")
             value = tuple(value)
-            object.__setattr__(self, field, value)
+            object.__setattr__(self, name, value)
             for root in value:
                 if not isinstance(root, str) or not root.startswith("/") or "\x00" in root:
                     raise ValueError(f"file root {root!r} must be an absolute path")
@@ -133,9 +134,14 @@ class _Target:
 
 @dataclass(frozen=True)
 class _Roots:
+    """Everything one call works within: its roots, its write limit, its cancel flag."""
+
     read: tuple[_Root, ...]
     write: tuple[_Root, ...]
     max_write_bytes: int
+    # Set by the agent when the task timed out: long loops stop instead of running on
+    # in a worker thread that nobody waits for any more.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def all(self) -> tuple[_Root, ...]:
@@ -905,6 +911,8 @@ def _file_hash(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
     size = 0
     try:
         for chunk in _read_chunks(fd):
+            if roots.cancel.is_set():
+                raise ActionError("cancelled", f"hashing {target.path} was stopped: the task ran out of time")
             digest.update(chunk)
             size += len(chunk)
     finally:
@@ -926,7 +934,9 @@ _ACTIONS: dict[str, Callable[[Mapping[str, Any], _Roots], dict[str, Any]]] = {
 FILE_ACTIONS: tuple[str, ...] = tuple(_ACTIONS)
 
 
-def run_file_action(action: str, params: Mapping[str, Any], roots: FileRoots) -> dict[str, Any]:
+def run_file_action(
+    action: str, params: Mapping[str, Any], roots: FileRoots, cancel: threading.Event | None = None
+) -> dict[str, Any]:
     """Perform one ``file.*`` action confined to ``roots``; return its JSON-able output.
 
     Blocking: the agent calls it through ``asyncio.to_thread``. Every failure is an
@@ -944,6 +954,7 @@ def run_file_action(action: str, params: Mapping[str, Any], roots: FileRoots) ->
         read=_resolve_roots(roots.read),
         write=_resolve_roots(roots.write),
         max_write_bytes=roots.max_write_bytes,
+        cancel=cancel or threading.Event(),
     )
     try:
         return handler(params, resolved)

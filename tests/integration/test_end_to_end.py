@@ -241,3 +241,33 @@ def test_orgs_are_isolated(relay: Relay, agent_factory) -> None:
     assert bob.post("/api/v1/tasks", {"device_id": device_id, "action": "file.stat", "params": {"path": "/"}}).status == 404
     assert bob.ok("GET", "/api/v1/devices")["items"] == []
     assert all(r["device_id"] != device_id for r in bob.ok("GET", "/api/v1/audit")["items"])
+
+
+def test_timeouts_and_expiry(relay: Relay, agent_factory) -> None:
+    admin, _ = relay.new_admin()
+    agent, device_id, sandbox = agent_factory("clock", admin)
+    from datetime import UTC, datetime, timedelta
+
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    expiring = admin.ok("POST", "/api/v1/tasks", {
+        "device_id": device_id, "action": "file.stat", "params": {"path": str(sandbox)}, "expires_at": soon,
+    })
+    expired = wait_task(admin, expiring["id"], timeout=15)
+    assert expired["status"] == "expired"
+    assert expired["result"] is None
+
+    big = sandbox / "slow.bin"
+    with big.open("wb") as handle:
+        handle.truncate(8 * 1024**3)
+    agent.start()
+    wait_online(admin, device_id)
+    slow = admin.ok("POST", "/api/v1/tasks", {
+        "device_id": device_id, "action": "file.hash", "params": {"path": str(big)}, "timeout_s": 0.3,
+    })
+    timed_out = wait_task(admin, slow["id"], timeout=30)
+    assert timed_out["status"] == "timed_out"
+    assert "did not finish within 0.3 s" in timed_out["result"]["error"]
+    past = admin.post("/api/v1/tasks", {"device_id": device_id, "action": "file.stat",
+                                        "params": {"path": str(sandbox)}, "expires_at": "2020-01-01T00:00:00Z"})
+    assert past.status == 400
+    assert "past" in past.body["detail"]
