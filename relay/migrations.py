@@ -21,8 +21,17 @@ def _initial(conn: Connection) -> None:
     schema.metadata.create_all(conn)
 
 
+def _refresh_used_from(conn: Connection) -> None:
+    # Version 1 creates tables from the *current* schema module, so a database created
+    # after this column was added already has it: add it only where it is missing.
+    columns = {c["name"] for c in inspect(conn).get_columns("refresh_tokens")}
+    if "used_from" not in columns:
+        conn.execute(text("ALTER TABLE refresh_tokens ADD COLUMN used_from VARCHAR(64)"))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema", _initial),
+    (2, "refresh_tokens.used_from", _refresh_used_from),
 ]
 
 

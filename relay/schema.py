@@ -62,6 +62,9 @@ refresh_tokens = Table(
     Column("expires_at", TIME, nullable=False),
     Column("used_at", TIME),
     Column("revoked_at", TIME),
+    # The client address that spent the token (migration 2): a reuse within the grace
+    # window is forgiven only when it comes from the same address.
+    Column("used_from", String(64)),
 )
 
 enrollment_codes = Table(

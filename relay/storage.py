@@ -229,13 +229,18 @@ class Store:
             )
         return family
 
-    async def consume_refresh_token(self, token_hash: str) -> tuple[str, Row | None]:
-        """Mark a refresh token used. Returns ``(outcome, token_row)``.
+    async def consume_refresh_token(
+        self, token_hash: str, client: str | None = None, grace_s: float = 0.0
+    ) -> tuple[str, Row | None]:
+        """Mark a refresh token used by ``client`` (its address). Returns ``(outcome, row)``.
 
-        ``ok``: first use of a live token. ``reused``: already used — its whole family
-        is revoked here, because either the client or a thief holds a copy. ``invalid``:
-        unknown, expired or revoked. The single conditional UPDATE makes two concurrent
-        uses race safely: exactly one sees ``ok``.
+        ``ok``: first use of a live token. ``rotated``: a repeat of the family's most
+        recently spent token, from the same client, within ``grace_s`` of its use — a
+        retry after a lost answer or two tabs refreshing at once; refused, but the
+        family lives on. ``reused``: any other repeat — its whole family is revoked here,
+        because either the client or a thief holds a copy. ``invalid``: unknown,
+        expired or revoked. The single conditional UPDATE makes two concurrent uses race
+        safely: exactly one sees ``ok``.
         """
         t = s.refresh_tokens
         now = self.now()
@@ -244,10 +249,18 @@ class Store:
             if row is None or row.revoked_at is not None or row.expires_at <= now:
                 return "invalid", None
             claimed = await conn.execute(
-                update(t).where(t.c.id == row.id, t.c.used_at.is_(None)).values(used_at=now)
+                update(t).where(t.c.id == row.id, t.c.used_at.is_(None)).values(used_at=now, used_from=client)
             )
             if claimed.rowcount == 1:
                 return "ok", _row(row)
+            # Read the winner's use (a concurrent one may have committed after our first read).
+            row = (await conn.execute(select(t).where(t.c.id == row.id))).one()
+            if await self._within_reuse_grace(conn, row, client, grace_s):
+                await self._record_event(
+                    conn, row.org_id, "auth.refresh_retry",
+                    {"user_id": row.user_id, "family_id": row.family_id},
+                )
+                return "rotated", _row(row)
             await conn.execute(
                 update(t)
                 .where(t.c.family_id == row.family_id, t.c.revoked_at.is_(None))
@@ -258,6 +271,21 @@ class Store:
                 {"user_id": row.user_id, "family_id": row.family_id},
             )
             return "reused", _row(row)
+
+    async def _within_reuse_grace(
+        self, conn: AsyncConnection, row: Any, client: str | None, grace_s: float
+    ) -> bool:
+        if grace_s <= 0 or client is None or row.used_from != client or row.used_at is None:
+            return False
+        if row.used_at < to_rfc3339(self.clock.now() - timedelta(seconds=grace_s)):
+            return False
+        # Only the immediately previous token: once its successor was spent too, a copy
+        # of this one is stale however recent, and its reuse is theft or a bug.
+        t = s.refresh_tokens
+        later = await conn.execute(
+            select(t.c.id).where(t.c.family_id == row.family_id, t.c.used_at > row.used_at).limit(1)
+        )
+        return later.first() is None
 
     async def revoke_refresh_family(self, token_hash: str, user_id: str) -> bool:
         t = s.refresh_tokens
@@ -274,6 +302,140 @@ class Store:
             )
             await self._record_event(conn, row.org_id, "auth.logout", {"user_id": user_id})
             return True
+
+    # -- admin user management (issue 3: users, roles, passwords) -----------------------
+
+    async def create_user(self, org_id: str, email: str, password_hash: str, role: str, by: str) -> Row:
+        """Add a user to an existing org (an admin's invitation)."""
+        now = self.now()
+        user_id = new_id("usr")
+        try:
+            async with self._tx() as conn:
+                await conn.execute(
+                    insert(s.users).values(
+                        id=user_id, org_id=org_id, email=email, password_hash=password_hash,
+                        role=role, disabled=False, created_at=now, password_changed_at=now,
+                    )
+                )
+                await self._record_event(conn, org_id, "user.created", {"user_id": user_id, "role": role, "by": by})
+        except IntegrityError as exc:
+            raise Conflict("an account with this email already exists") from exc
+        user = await self.user_by_id(org_id, user_id)
+        assert user is not None
+        return user
+
+    async def list_users(self, org_id: str, limit: int, cursor: str | None) -> list[Row]:
+        u = s.users
+        query = select(u).where(u.c.org_id == org_id).order_by(u.c.id).limit(limit)
+        if cursor:
+            query = query.where(u.c.id > cursor)
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def update_user(
+        self, org_id: str, user_id: str, by: str, *, role: str | None = None, disabled: bool | None = None
+    ) -> Row:
+        """Change a user's role and/or disabled flag; audited, atomic.
+
+        The org must keep at least one enabled admin, so the change that would remove
+        the last one is a Conflict (only an admin can call this, so that is always the
+        admin demoting or disabling themselves). Disabling revokes every session.
+        """
+        u = s.users
+        async with self._tx() as conn:
+            user = (
+                await conn.execute(select(u).where(u.c.id == user_id, u.c.org_id == org_id).with_for_update())
+            ).first()
+            if user is None:
+                raise NotFound("no such user")
+            new_role = user.role if role is None else role
+            new_disabled = user.disabled if disabled is None else disabled
+            if user.role == "admin" and not user.disabled and (new_role != "admin" or new_disabled):
+                # Lock the org's enabled admins so two admins demoting each other at
+                # once (on PostgreSQL, from two relays) cannot both succeed.
+                admins = await conn.execute(
+                    select(u.c.id).where(u.c.org_id == org_id, u.c.role == "admin", u.c.disabled.is_(False))
+                    .with_for_update()
+                )
+                if [r.id for r in admins] == [user_id]:
+                    raise Conflict("this is the org's last enabled admin: make another user admin first")
+            if new_role != user.role:
+                await conn.execute(update(u).where(u.c.id == user_id).values(role=new_role))
+                await self._record_event(
+                    conn, org_id, "user.role_changed",
+                    {"user_id": user_id, "by": by, "from": user.role, "to": new_role},
+                )
+            if new_disabled != user.disabled:
+                await conn.execute(update(u).where(u.c.id == user_id).values(disabled=new_disabled))
+                revoked = await self._revoke_user_sessions(conn, user_id) if new_disabled else 0
+                await self._record_event(
+                    conn, org_id, "user.disabled" if new_disabled else "user.enabled",
+                    {"user_id": user_id, "by": by, **({"sessions_revoked": revoked} if new_disabled else {})},
+                )
+        row = await self.user_by_id(org_id, user_id)
+        assert row is not None
+        return row
+
+    async def change_password(self, org_id: str, user_id: str, password_hash: str) -> None:
+        """Store a new password hash and end every session of the user (audited)."""
+        u = s.users
+        async with self._tx() as conn:
+            changed = await conn.execute(
+                update(u).where(u.c.id == user_id, u.c.org_id == org_id)
+                .values(password_hash=password_hash, password_changed_at=self.now())
+            )
+            if changed.rowcount != 1:
+                raise NotFound("no such user")
+            revoked = await self._revoke_user_sessions(conn, user_id)
+            await self._record_event(
+                conn, org_id, "user.password_changed", {"user_id": user_id, "sessions_revoked": revoked}
+            )
+
+    async def _revoke_user_sessions(self, conn: AsyncConnection, user_id: str) -> int:
+        """Revoke every live refresh family of a user; return how many families."""
+        t = s.refresh_tokens
+        families = await conn.execute(
+            select(t.c.family_id).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).distinct()
+        )
+        count = len(families.all())
+        await conn.execute(
+            update(t).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).values(revoked_at=self.now())
+        )
+        return count
+
+    async def live_refresh_families(self, user_id: str) -> int:
+        """How many of the user's refresh families still hold an unrevoked token."""
+        t = s.refresh_tokens
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(t.c.family_id).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).distinct()
+            )
+            return len(rows.all())
+
+    async def org_stats(self, org_id: str) -> Row:
+        """Counts for the admin dashboard: users by role, devices and tasks by status."""
+        u, d = s.users, s.devices
+        async with self.engine.connect() as conn:
+            users = (await conn.execute(
+                select(u.c.role, u.c.disabled, func.count()).where(u.c.org_id == org_id)
+                .group_by(u.c.role, u.c.disabled)
+            )).all()
+            devices = (await conn.execute(
+                select(d.c.status, func.count()).where(d.c.org_id == org_id).group_by(d.c.status)
+            )).all()
+        tasks = await self.task_counts(org_id)
+        by_role: dict[str, int] = {}
+        disabled = 0
+        for role, is_disabled, n in users:
+            if is_disabled:
+                disabled += n
+            else:
+                by_role[role] = by_role.get(role, 0) + n
+        return {
+            "users": {"total": sum(r[2] for r in users), "disabled": disabled, "enabled_by_role": by_role},
+            "devices": {"total": sum(r[1] for r in devices), "by_status": {r[0]: r[1] for r in devices}},
+            "tasks": {"total": sum(tasks.values()), "by_status": tasks},
+        }
 
     # -- enrollment and devices --------------------------------------------------------
 

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from coact.relay import schema
 from coact.relay.errors import Conflict, Gone, NotFound
-from coact.relay.migrations import migrate
+from coact.relay.migrations import MIGRATIONS, migrate
 from coact.relay.storage import Row, Store, open_engine
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, verify_chain
@@ -115,7 +115,7 @@ async def test_migrations_are_idempotent(database_url: str, clock: FakeClock) ->
         assert await migrate(second.engine) == []
         async with second.engine.connect() as conn:
             rows = (await conn.execute(select(schema.schema_migrations))).all()
-        assert [(r.version, r.name) for r in rows] == [(1, "initial schema")]
+        assert [(r.version, r.name) for r in rows] == [(v, name) for v, name, _ in MIGRATIONS]
         user = await new_org(first)
         assert await second.user_by_id(user["org_id"], user["id"]) == user
     finally:
@@ -136,10 +136,10 @@ async def test_relays_starting_together_migrate_once(empty_database_url: str) ->
     engines = [open_engine(empty_database_url) for _ in range(4)]
     try:
         applied = await asyncio.gather(*(migrate(engine) for engine in engines))
-        assert sorted(applied) == [[], [], [], [1]]
+        assert sorted(applied) == [[], [], [], [v for v, _, _ in MIGRATIONS]]
         async with engines[0].connect() as conn:
             versions = (await conn.execute(select(schema.schema_migrations.c.version))).scalars().all()
-        assert versions == [1]
+        assert versions == [v for v, _, _ in MIGRATIONS]
     finally:
         for engine in engines:
             await engine.dispose()
@@ -694,3 +694,163 @@ async def test_pending_relay_events_are_this_relays_only(database_url: str, cloc
     finally:
         await one.close()
         await two.close()
+
+
+# -- users, roles, passwords, refresh grace (issue 3) ----------------------------------
+
+
+async def test_migration_2_adds_used_from_to_a_version_1_database(database_url: str, clock: FakeClock) -> None:
+    # A database made by the first release lacks refresh_tokens.used_from.
+    opened = await open_store(database_url, clock)
+    try:
+        async with opened.engine.begin() as conn:
+            await conn.exec_driver_sql("ALTER TABLE refresh_tokens DROP COLUMN used_from")
+            await conn.execute(schema.schema_migrations.delete().where(schema.schema_migrations.c.version >= 2))
+        assert 2 in await migrate(opened.engine)
+        user = await new_org(opened)
+        token = secrets.token_hex(32)
+        await opened.issue_refresh_token(user, token, ttl_s=3600)
+        assert (await opened.consume_refresh_token(token, "10.0.0.1", grace_s=10))[0] == "ok"
+        t = schema.refresh_tokens
+        assert await count(opened, t, t.c.token_hash == token, t.c.used_from == "10.0.0.1") == 1
+    finally:
+        await opened.close()
+
+
+async def test_create_user_in_an_org_and_list_users_pages(store: Store) -> None:
+    admin = await new_org(store)
+    other = await new_org(store, "other")
+    made = [
+        await store.create_user(admin["org_id"], f"u{i}-{secrets.token_hex(4)}@example.com", "hash", "viewer", admin["id"])
+        for i in range(3)
+    ]
+    assert {u["role"] for u in made} == {"viewer"}
+    assert all(u["org_id"] == admin["org_id"] and not u["disabled"] for u in made)
+    first = await store.list_users(admin["org_id"], 2, None)
+    rest = await store.list_users(admin["org_id"], 10, first[-1]["id"])
+    assert [u["id"] for u in first + rest] == [admin["id"], *(u["id"] for u in made)]
+    assert other["id"] not in {u["id"] for u in first + rest}
+    with pytest.raises(Conflict):
+        await store.create_user(admin["org_id"], made[0]["email"], "hash", "viewer", admin["id"])
+    events = await relay_chain(store, admin["org_id"])
+    created = [e for e in events if e["kind"] == "user.created"]
+    assert [e["data"] for e in created] == [{"user_id": u["id"], "role": "viewer", "by": admin["id"]} for u in made]
+
+
+async def test_update_user_role_and_disable_revokes_sessions(store: Store) -> None:
+    admin = await new_org(store)
+    user = await store.create_user(admin["org_id"], f"op-{secrets.token_hex(4)}@example.com", "hash", "viewer", admin["id"])
+    tokens = [secrets.token_hex(32) for _ in range(2)]
+    for token in tokens:  # two sessions, two families
+        await store.issue_refresh_token(user, token, ttl_s=3600)
+    assert await store.live_refresh_families(user["id"]) == 2
+
+    changed = await store.update_user(admin["org_id"], user["id"], admin["id"], role="operator")
+    assert (changed["role"], changed["disabled"]) == ("operator", False)
+    assert await store.live_refresh_families(user["id"]) == 2  # a role change keeps sessions
+
+    changed = await store.update_user(admin["org_id"], user["id"], admin["id"], disabled=True)
+    assert changed["disabled"] is True
+    assert await store.live_refresh_families(user["id"]) == 0
+    assert await store.consume_refresh_token(tokens[0]) == ("invalid", None)
+    changed = await store.update_user(admin["org_id"], user["id"], admin["id"], disabled=False)
+    assert changed["disabled"] is False
+    events = [e for e in await relay_chain(store, admin["org_id"]) if e["kind"].startswith("user.")]
+    assert [(e["kind"], e["data"]) for e in events[-3:]] == [
+        ("user.role_changed", {"user_id": user["id"], "by": admin["id"], "from": "viewer", "to": "operator"}),
+        ("user.disabled", {"user_id": user["id"], "by": admin["id"], "sessions_revoked": 2}),
+        ("user.enabled", {"user_id": user["id"], "by": admin["id"]}),
+    ]
+
+
+async def test_the_last_enabled_admin_cannot_be_removed(store: Store) -> None:
+    admin = await new_org(store)
+    org = admin["org_id"]
+    for change in ({"role": "viewer"}, {"disabled": True}):
+        with pytest.raises(Conflict):
+            await store.update_user(org, admin["id"], admin["id"], **change)  # type: ignore[arg-type]
+    assert (await store.user_by_id(org, admin["id"]))["role"] == "admin"  # type: ignore[index]
+    second = await store.create_user(org, f"a2-{secrets.token_hex(4)}@example.com", "hash", "admin", admin["id"])
+    await store.update_user(org, admin["id"], admin["id"], role="viewer")  # another admin remains
+    with pytest.raises(Conflict):
+        await store.update_user(org, second["id"], second["id"], disabled=True)
+    # A disabled admin does not count as the one that remains.
+    await store.update_user(org, second["id"], second["id"], role="admin")  # no-op
+    with pytest.raises(NotFound):
+        await store.update_user(org, "usr_00000000000000000000000000", admin["id"], role="viewer")
+    other = await new_org(store, "other")
+    with pytest.raises(NotFound):  # another org's user is absent
+        await store.update_user(other["org_id"], second["id"], other["id"], role="viewer")
+
+
+async def test_change_password_revokes_every_family(store: Store) -> None:
+    user = await new_org(store)
+    token = secrets.token_hex(32)
+    await store.issue_refresh_token(user, token, ttl_s=3600)
+    await store.change_password(user["org_id"], user["id"], "new-hash")
+    row = await store.user_by_id(user["org_id"], user["id"])
+    assert row is not None
+    assert row["password_hash"] == "new-hash"
+    assert await store.consume_refresh_token(token) == ("invalid", None)
+    assert (await kinds(store, user["org_id"]))[-1] == "user.password_changed"
+    with pytest.raises(NotFound):
+        await store.change_password("org_00000000000000000000000000", user["id"], "x")
+
+
+async def test_org_stats_counts_one_org(store: Store) -> None:
+    admin = await new_org(store)
+    other = await new_org(store, "other")
+    user = await store.create_user(admin["org_id"], f"v-{secrets.token_hex(4)}@example.com", "hash", "viewer", admin["id"])
+    await store.update_user(admin["org_id"], user["id"], admin["id"], disabled=True)
+    device = await new_device(store, admin["org_id"], admin["id"])
+    await new_device(store, other["org_id"], other["id"])
+    await new_task(store, admin["org_id"], device["id"])
+    stats = await store.org_stats(admin["org_id"])
+    assert stats == {
+        "users": {"total": 2, "disabled": 1, "enabled_by_role": {"admin": 1}},
+        "devices": {"total": 1, "by_status": {"active": 1}},
+        "tasks": {"total": 1, "by_status": {"queued": 1}},
+    }
+
+
+async def test_refresh_reuse_grace_forgives_a_prompt_retry_from_the_same_client(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+    family = await store.issue_refresh_token(user, first, ttl_s=3600)
+    assert (await store.consume_refresh_token(first, "10.0.0.1", grace_s=10))[0] == "ok"
+    await store.issue_refresh_token(user, second, ttl_s=3600, family_id=family)
+    clock.advance(5)
+    outcome, row = await store.consume_refresh_token(first, "10.0.0.1", grace_s=10)
+    assert outcome == "rotated"
+    assert row is not None
+    assert row["family_id"] == family
+    assert await store.live_refresh_families(user["id"]) == 1  # the family lives on
+    assert (await kinds(store, user["org_id"]))[-1] == "auth.refresh_retry"
+    clock.advance(1)
+    assert (await store.consume_refresh_token(second, "10.0.0.1", grace_s=10))[0] == "ok"
+
+
+@pytest.mark.parametrize(
+    ("client", "wait_s", "spend_successor"),
+    [
+        pytest.param("10.0.0.2", 1, False, id="another-client"),
+        pytest.param("10.0.0.1", 11, False, id="after-the-grace"),
+        pytest.param("10.0.0.1", 1, True, id="not-the-latest-token"),
+        pytest.param(None, 1, False, id="unknown-client"),
+    ],
+)
+async def test_refresh_reuse_outside_the_grace_revokes_the_family(
+    store: Store, clock: FakeClock, client: str | None, wait_s: float, spend_successor: bool
+) -> None:
+    user = await new_org(store)
+    first, second = secrets.token_hex(32), secrets.token_hex(32)
+    family = await store.issue_refresh_token(user, first, ttl_s=3600)
+    assert (await store.consume_refresh_token(first, "10.0.0.1", grace_s=10))[0] == "ok"
+    await store.issue_refresh_token(user, second, ttl_s=3600, family_id=family)
+    clock.advance(wait_s)
+    if spend_successor:
+        assert (await store.consume_refresh_token(second, "10.0.0.1", grace_s=10))[0] == "ok"
+        clock.advance(0.5)
+    assert (await store.consume_refresh_token(first, client, grace_s=10))[0] == "reused"
+    assert await store.live_refresh_families(user["id"]) == 0
+    assert (await kinds(store, user["org_id"]))[-1] == "auth.refresh_reuse"
