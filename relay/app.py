@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from coact.relay.api import admin as admin_api
 from coact.relay.api import audit as audit_api
 from coact.relay.api import auth as auth_api
 from coact.relay.api import devices as devices_api
@@ -28,7 +29,7 @@ from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
 from coact.relay.problems import problem_middleware
 from coact.relay.routing import Access, Principal, Route, RouteTable, install
-from coact.relay.services import Services, password_hasher, token_issuer
+from coact.relay.services import Services, login_limits, password_hasher, token_issuer
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
 from coact.shared.clock import Clock, SystemClock
@@ -39,6 +40,7 @@ log = logging.getLogger("coact.relay")
 VERSION = "0.1.0"
 ROUTE_TABLES: list[RouteTable] = [
     meta_api.routes, auth_api.routes, devices_api.routes, tasks_api.routes, audit_api.routes,
+    admin_api.routes,
 ]
 ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 
@@ -75,6 +77,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             settings=settings, clock=clock, store=store, keyring=keyring,
             issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),
             events=EventBus(), audit=audit, hub=None,  # type: ignore[arg-type]
+            login_limits=login_limits(settings, clock),
         )
         svc.hub = Hub(svc)
         app[SERVICES] = svc

@@ -261,11 +261,14 @@ class AuditStore:
         since: str | None = None,
         after: tuple[str, int] | None = None,
         limit: int = 500,
+        actor: str | None = None,
     ) -> list[dict[str, Any]]:
         """One org's records ordered by ``(device_id, seq)``.
 
         ``since`` is an RFC 3339 time (records with ``ts >= since``); ``after`` is
-        the ``(device_id, seq)`` of the last record of the previous page.
+        the ``(device_id, seq)`` of the last record of the previous page. ``actor``
+        keeps only relay-chain records whose data names that user as ``user_id`` or
+        ``by`` (what the user did, and what was done to their account).
         """
         if not 1 <= limit <= MAX_PAGE:
             raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
@@ -281,6 +284,13 @@ class AuditStore:
             # Agents write ts in exactly this form, so text order is time order.
             where.append("ts >= {since:String}")
             params["since"] = to_rfc3339(from_rfc3339(since))
+        if actor is not None:
+            where.append("startsWith(device_id, 'relay:')")
+            where.append(
+                "(JSONExtractString(data, 'user_id') = {actor:String} "
+                "OR JSONExtractString(data, 'by') = {actor:String})"
+            )
+            params["actor"] = actor
         if after is not None:
             where.append("(device_id, seq) > ({after_device:String}, {after_seq:UInt64})")
             params["after_device"], params["after_seq"] = after[0], int(after[1])

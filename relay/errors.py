@@ -10,6 +10,7 @@ RFC 9457 ``application/problem+json`` responses in one place.
         ├── Conflict               409  state does not allow it (e.g. cancel a finished task)
         ├── Gone                   410  enrollment code expired, used or revoked
         ├── PayloadTooLarge        413
+        ├── TooManyRequests        429  login attempts over the limit (Retry-After header)
         └── ServiceUnavailable     503  a backing store is down
 """
 
@@ -71,6 +72,17 @@ class PayloadTooLarge(RelayError):
     status = 413
     slug = "payload-too-large"
     title = "Payload too large"
+
+
+class TooManyRequests(RelayError):
+    """Over a rate limit; ``retry_after`` (whole seconds) becomes the Retry-After header."""
+
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, retry_after=retry_after)
 
 
 class ServiceUnavailable(RelayError):

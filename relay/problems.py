@@ -18,6 +18,8 @@ PROBLEM_BASE = "https://coact.dev/problems/"
 def problem_response(status: int, slug: str, title: str, detail: str, **extra: object) -> web.Response:
     body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
     headers = {"WWW-Authenticate": 'Bearer realm="coact"'} if status == 401 else None
+    if status == 429 and "retry_after" in extra:
+        headers = {"Retry-After": str(extra["retry_after"])}
     return web.Response(
         text=json.dumps(body), status=status, content_type="application/problem+json", headers=headers
     )

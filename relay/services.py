@@ -12,6 +12,7 @@ from coact.relay.errors import Forbidden, Unauthorized
 from coact.relay.events import EventBus
 from coact.relay.keyring import KeyRing
 from coact.relay.passwords import PasswordHasher, PasswordParams
+from coact.relay.ratelimit import LoginLimits
 from coact.relay.routing import Access, Principal
 from coact.relay.settings import Settings
 from coact.relay.storage import Row, Store
@@ -42,6 +43,8 @@ class Services:
     events: EventBus
     audit: AuditPipeline
     hub: Hub
+    # Per relay process, in memory (see coact.relay.ratelimit).
+    login_limits: LoginLimits
 
     async def authenticate(self, request: web.Request, access: Access) -> Principal | None:
         """Resolve the caller for a route; None for public routes and missing tokens."""
@@ -83,6 +86,12 @@ class Services:
 def password_hasher(settings: Settings) -> PasswordHasher:
     return PasswordHasher(
         PasswordParams(settings.password_time_cost, settings.password_memory_kib, settings.password_parallelism)
+    )
+
+
+def login_limits(settings: Settings, clock: Clock) -> LoginLimits:
+    return LoginLimits.create(
+        settings.login_max_failures, settings.login_max_per_address, settings.login_window_s, clock.monotonic
     )
 
 

@@ -32,6 +32,10 @@ class Settings:
     access_token_ttl_s: int = _setting(300, "Lifetime of user access tokens, in seconds.")
     device_token_ttl_s: int = _setting(600, "Lifetime of device access tokens, in seconds.")
     refresh_token_ttl_s: int = _setting(30 * 86400, "Lifetime of a refresh token family, in seconds.")
+    refresh_reuse_grace_s: float = _setting(10.0, "A spent refresh token presented again within this many seconds, from the same address, and with its successor still unused, is refused (401) without revoking its session; any other reuse revokes the session. 0 turns the grace off.")
+    login_max_failures: int = _setting(5, "Failed logins per account (email, known or not) within login_window_s before further attempts answer 429.")
+    login_max_per_address: int = _setting(20, "Failed logins per client address within login_window_s before further attempts answer 429.")
+    login_window_s: int = _setting(900, "The sliding window of the login failure limits, in seconds.")
     enrollment_code_ttl_s: int = _setting(900, "Default lifetime of an enrollment code, in seconds.")
     enrollment_code_max_ttl_s: int = _setting(7 * 86400, "Longest lifetime an admin may give an enrollment code.")
     token_request_skew_s: int = _setting(120, "How far a device's signed token request timestamp may be from the relay clock.")
@@ -52,6 +56,11 @@ class Settings:
         for name in ("access_token_ttl_s", "device_token_ttl_s", "refresh_token_ttl_s", "enrollment_code_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("login_max_failures", "login_max_per_address", "login_window_s"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if not 0 <= self.refresh_reuse_grace_s <= 60:
+            raise ValueError("refresh_reuse_grace_s must be between 0 and 60 seconds")
         if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:
             raise ValueError("access tokens are short-lived: at most 3600 s")
 

@@ -7,18 +7,23 @@ from typing import Any
 
 from coact.relay.api.context import services
 from coact.relay.api.models import (
+    ActivityQuery,
+    AuditRecordOut,
+    ChangePasswordRequest,
     LoginRequest,
+    Page,
     RefreshRequest,
     SignupRequest,
     TokenPair,
     UserEnvelope,
 )
-from coact.relay.errors import BadRequest, Forbidden, Unauthorized
+from coact.relay.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from coact.relay.passwords import check_password_strength
 from coact.relay.routing import ANY_USER, PUBLIC, Call, RouteTable
 from coact.relay.services import Services
 from coact.relay.storage import Row
 from coact.relay.tokens import hash_refresh_token, new_refresh_token
+from coact.shared.clock import from_rfc3339, to_rfc3339
 
 routes = RouteTable("auth")
 
@@ -52,12 +57,28 @@ async def signup(call: Call) -> UserEnvelope:
     return UserEnvelope.model_validate({"user": user_view(user)})
 
 
+def client_address(call: Call) -> str:
+    # The TCP peer. X-Forwarded-For is not trusted: anyone could set it to dodge the
+    # per-address limit or to frame another address.
+    return call.request.remote or "unknown"
+
+
+def check_login_limits(svc: Services, account: str, address: str) -> None:
+    wait = svc.login_limits.retry_after(account, address)
+    if wait:
+        # The same answer whether or not the account exists.
+        raise TooManyRequests(f"too many failed logins; try again in {wait} s", retry_after=wait)
+
+
 @routes.route("POST", "/api/v1/auth/login", access=PUBLIC, body=LoginRequest, response=TokenPair,
-              summary="Exchange email and password for an access and a refresh token", errors=(400, 401))
+              summary="Exchange email and password for an access and a refresh token", errors=(400, 401, 429))
 async def login(call: Call) -> TokenPair:
     svc = services(call.request)
     body: LoginRequest = call.body
-    user = await svc.store.user_by_email(body.email.strip().lower())
+    email, address = body.email.strip().lower(), client_address(call)
+    check_login_limits(svc, email, address)
+    svc.login_limits.attempt(email, address)
+    user = await svc.store.user_by_email(email)
     if user is None:
         # Same work, same answer as a wrong password: no account enumeration.
         await asyncio.to_thread(svc.passwords.dummy_verify, body.password)
@@ -65,6 +86,7 @@ async def login(call: Call) -> TokenPair:
     if not await asyncio.to_thread(svc.passwords.verify, user["password_hash"], body.password) or user["disabled"]:
         await svc.store.record_event(user["org_id"], "user.login_failed", {"user_id": user["id"]})
         raise Unauthorized(BAD_LOGIN)
+    svc.login_limits.succeeded(email, address)
     if svc.passwords.needs_rehash(user["password_hash"]):
         await svc.store.set_password_hash(user["id"], await asyncio.to_thread(svc.passwords.hash, body.password))
     await svc.store.record_event(user["org_id"], "user.login", {"user_id": user["id"]})
@@ -77,7 +99,11 @@ async def login(call: Call) -> TokenPair:
 async def refresh(call: Call) -> TokenPair:
     svc = services(call.request)
     body: RefreshRequest = call.body
-    outcome, token = await svc.store.consume_refresh_token(hash_refresh_token(body.refresh_token))
+    outcome, token = await svc.store.consume_refresh_token(
+        hash_refresh_token(body.refresh_token), client_address(call), svc.settings.refresh_reuse_grace_s
+    )
+    if outcome == "rotated":
+        raise Unauthorized("refresh token was already rotated a moment ago; use the newest one")
     if outcome == "reused":
         raise Unauthorized("refresh token was already used; its session has been revoked")
     if outcome != "ok" or token is None:
@@ -104,6 +130,58 @@ async def me(call: Call) -> UserEnvelope:
     if user is None:
         raise Unauthorized("this account is gone")
     return UserEnvelope.model_validate({"user": user_view(user)})
+
+
+@routes.route("GET", "/api/v1/me/activity", access=ANY_USER, query=ActivityQuery, response=Page[AuditRecordOut],
+              summary="The caller's own audit events: what they did and what was done to their account",
+              errors=(400,))
+async def my_activity(call: Call) -> Page[AuditRecordOut]:
+    svc = services(call.request)
+    query: ActivityQuery = call.query
+    since = None
+    if query.since is not None:
+        try:
+            since = to_rfc3339(from_rfc3339(query.since))
+        except ValueError as exc:
+            raise BadRequest(f"query.since: {exc}") from exc
+    after = None
+    if query.cursor is not None:
+        chain, _, seq = query.cursor.rpartition("/")
+        if not chain or not seq.isdigit():
+            raise BadRequest("query.cursor: not a cursor returned by this API")
+        after = (chain, int(seq))
+    rows = await svc.audit.records(
+        call.user.org_id, actor=call.user.subject, since=since, after=after, limit=query.limit + 1
+    )
+    items = [AuditRecordOut.model_validate(r) for r in rows[: query.limit]]
+    more = len(rows) > query.limit and items
+    return Page[AuditRecordOut](items=items, next_cursor=f"{items[-1].device_id}/{items[-1].seq}" if more else None)
+
+
+@routes.route("POST", "/api/v1/me/password", access=ANY_USER, body=ChangePasswordRequest, response=TokenPair,
+              summary="Change the caller's password; every session ends and a new token pair is returned",
+              errors=(400, 403, 429))
+async def change_my_password(call: Call) -> TokenPair:
+    svc = services(call.request)
+    body: ChangePasswordRequest = call.body
+    user = await svc.store.user_by_id(call.user.org_id, call.user.subject)
+    if user is None:
+        raise Unauthorized("this account is gone")
+    # A stolen access token must not become a password-guessing oracle: the same
+    # per-account and per-address limits as login apply.
+    address = client_address(call)
+    check_login_limits(svc, user["email"], address)
+    svc.login_limits.attempt(user["email"], address)
+    if not await asyncio.to_thread(svc.passwords.verify, user["password_hash"], body.current_password):
+        await svc.store.record_event(user["org_id"], "user.password_change_failed", {"user_id": user["id"]})
+        raise Forbidden("body.current_password: that is not your current password")
+    svc.login_limits.succeeded(user["email"], address)
+    problem = check_password_strength(body.new_password)
+    if problem:
+        raise BadRequest(f"body.new_password: {problem}")
+    new_hash = await asyncio.to_thread(svc.passwords.hash, body.new_password)
+    await svc.store.change_password(user["org_id"], user["id"], new_hash)
+    return await _token_pair(svc, user)
 
 
 @routes.route("GET", "/.well-known/jwks.json", access=PUBLIC, summary="The relay's public token-signing keys (JWKS)")

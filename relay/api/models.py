@@ -229,3 +229,48 @@ class AuditKeys(Response):
 class Health(Response):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- users, roles, passwords (admin and me) ---------------------------------------------
+
+Role = Literal["admin", "operator", "approver", "viewer"]
+
+
+class CreateUserRequest(Request):
+    email: str = Email
+    role: Role
+    password: str = Field(min_length=1, max_length=1024, description="The user's first password; share it out of band.")
+
+
+class UpdateUserRequest(Request):
+    role: Role | None = None
+    disabled: bool | None = None
+
+
+class ChangePasswordRequest(Request):
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=1, max_length=1024)
+
+
+class UserCounts(Response):
+    total: int
+    disabled: int
+    enabled_by_role: dict[str, int]
+
+
+class StatusCounts(Response):
+    total: int
+    by_status: dict[str, int]
+
+
+class OrgStats(Response):
+    users: UserCounts
+    devices: StatusCounts
+    tasks: StatusCounts
+    devices_online: int = Field(description="Devices with a live session on this relay process.")
+
+
+class ActivityQuery(Request):
+    since: str | None = Field(default=None, max_length=40)
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(default=None, max_length=128)

@@ -4,75 +4,15 @@ PostgreSQL is expected on 127.0.0.1:5432 with trust auth (``COACT_TEST_PG_URL`` 
 point elsewhere). Each test module that asks for ``pg_database_url`` gets its own
 ``coact_t_<random>`` database, dropped afterwards. When the server cannot be reached
 the PostgreSQL tests skip, except under ``CI=true``, where a missing server is a
-failure: CI must never go green without having run them.
+failure: CI must never go green without having run them (see ``tests/pg.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
-from harness import PG_URL
-
-
-def _with_user_and_db(url: str, user: str, database: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}@{host}", f"/{database}", "", ""))
-
-
-async def _admin_connection() -> tuple[asyncpg.Connection, str]:
-    """Connect to the maintenance database as ``postgres``, else as ``root``."""
-    base = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
-    errors = []
-    for user in ("postgres", "root"):
-        try:
-            conn = await asyncpg.connect(_with_user_and_db(base, user, urlsplit(base).path.lstrip("/")), timeout=5)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            errors.append(f"{user}: {exc!r}")
-            continue
-        return conn, user
-    raise ConnectionError("; ".join(errors))
-
-
-async def _create_database(name: str) -> str:
-    conn, user = await _admin_connection()
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return user
-
-
-async def _drop_database(name: str) -> None:
-    conn, _user = await _admin_connection()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-@contextmanager
-def fresh_pg_database() -> Iterator[str]:
-    """Create a ``coact_t_<random>`` database; yield its SQLAlchemy URL; drop it."""
-    name = f"coact_t_{secrets.token_hex(6)}"
-    try:
-        user = asyncio.run(_create_database(name))
-    except ConnectionError as exc:
-        reason = f"PostgreSQL at {PG_URL} is unreachable ({exc})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true requires it", pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield _with_user_and_db(PG_URL, user, name)
-    finally:
-        asyncio.run(_drop_database(name))
+from pg import fresh_pg_database
 
 
 @pytest.fixture(scope="module")
