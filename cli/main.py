@@ -19,6 +19,7 @@ LAZY_GROUPS = {
     "devices": ("coact.cli.admin", "devices_group"),
     "tasks": ("coact.cli.admin", "tasks_group"),
     "audit": ("coact.cli.admin", "audit_group"),
+    "admin": ("coact.cli.admin_users", "admin_group"),
     "quickstart": ("coact.cli.quickstart", "quickstart"),
 }
 
