@@ -260,7 +260,7 @@ class Agent:
                     link.audit_reply.get_nowait()
                 link.audit_reply.put_nowait(message)
             case Error(code="revoked", detail=detail):
-                raise RevokedError(f"the relay revoked this device: {detail}")
+                raise RevokedError(f"the relay revoked this device ({detail}); not reconnecting: ask an admin to re-enroll it")
             case Error(code=code, detail=detail):
                 log.warning("relay reports %s: %s", code, detail)
             case _:

@@ -19,11 +19,13 @@ from coact.relay.api import audit as audit_api
 from coact.relay.api import auth as auth_api
 from coact.relay.api import devices as devices_api
 from coact.relay.api import meta as meta_api
+from coact.relay.api import stream as stream_api
 from coact.relay.api import tasks as tasks_api
 from coact.relay.api.context import SERVICES
 from coact.relay.audit import AuditPipeline
 from coact.relay.audit_store import AuditStore
 from coact.relay.events import EventBus
+from coact.relay.headers import setup as setup_security_headers
 from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
@@ -40,7 +42,7 @@ log = logging.getLogger("coact.relay")
 VERSION = "0.1.0"
 ROUTE_TABLES: list[RouteTable] = [
     meta_api.routes, auth_api.routes, devices_api.routes, tasks_api.routes, audit_api.routes,
-    admin_api.routes,
+    stream_api.routes, admin_api.routes,
 ]
 ROUTES: web.AppKey[list[Route]] = web.AppKey("routes", list)
 
@@ -60,6 +62,8 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     routes = install(app, ROUTE_TABLES, _authenticate)
     app[ROUTES] = routes
+    setup_security_headers(app)
+    stream_api.setup(app)
     app[meta_api.OPENAPI] = build_openapi(routes, VERSION, settings.effective_public_url)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

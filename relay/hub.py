@@ -56,6 +56,20 @@ CLOSE_REPLACED = 4409
 AUTH_TIMEOUT_S = 10.0
 MAX_PROTOCOL_ERRORS = 5
 MAX_TELEMETRY_BYTES = 16 * 1024
+# How often a session re-reads its device's status, so that a revocation made through
+# another relay process (which cannot reach this socket) still ends it.
+REVOCATION_CHECK_S = 5.0
+
+# The authorization rule of every agent -> relay message type: who may send it, and
+# what it may touch. tests/security/test_route_access.py fails if a type has none.
+MESSAGE_RULES: dict[str, str] = {
+    "auth": "handshake only: the first frame, a signature by the enrolled device key over a fresh relay nonce",
+    "heartbeat": "authenticated session: updates only the session's own device (telemetry, last_seen)",
+    "task_received": "authenticated session: only tasks of the session's device (store filters by device id)",
+    "task_result": "authenticated session: only tasks of the session's device; others are refused and audited",
+    "audit_batch": "authenticated session: only records of the session's device chain, signed by its key",
+    "error": "authenticated session: logged, changes nothing",
+}
 
 
 @dataclass
@@ -198,6 +212,8 @@ class Hub:
             case Heartbeat(telemetry=telemetry):
                 if len(json.dumps(telemetry)) > MAX_TELEMETRY_BYTES:
                     raise ProtocolError(f"telemetry exceeds {MAX_TELEMETRY_BYTES} bytes")
+                if not await self._still_active(session):
+                    return
                 await store.touch_device(device_id, telemetry)
             case TaskReceived(task_id=task_id):
                 if await store.mark_running(device_id, task_id):
@@ -241,9 +257,26 @@ class Hub:
             session.device["org_id"], "task", {"task_id": task_id, "device_id": session.device_id, "status": status}
         )
 
+    async def _still_active(self, session: Session) -> bool:
+        """Re-read the device's status; close a revoked (or deleted) device's session.
+
+        The revoking relay closes sockets it holds itself; this catches the sessions
+        held by every other relay process sharing the database.
+        """
+        status = await self.services.store.device_status(session.device_id)
+        if status == "active":
+            return True
+        log.warning("device %s is %s; closing its session", session.device_id, status or "gone")
+        with contextlib.suppress(Exception):
+            await session.send(Error(code="revoked", detail="device revoked by an admin"))
+        await session.ws.close(code=CLOSE_REVOKED, message=b"device revoked")
+        return False
+
     async def _deliver_loop(self, session: Session) -> None:
         store = self.services.store
         while True:
+            if not await self._still_active(session):
+                return
             for task in await store.deliverable_tasks(session.device_id):
                 if task["id"] in session.sent:
                     continue
@@ -254,7 +287,8 @@ class Hub:
                         timeout_s=task["timeout_s"], expires_at=task["expires_at"],
                     )
                     await session.send(TaskMessage(task=spec))
-            await session.wake.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(session.wake.wait(), REVOCATION_CHECK_S)
             session.wake.clear()
 
 

@@ -24,8 +24,19 @@ if TYPE_CHECKING:
     from coact.relay.hub import Hub
 
 
+BEARER_SUBPROTOCOL = "bearer"
+
+
 def bearer_token(request: web.Request) -> str | None:
+    """The bearer token of ``Authorization``, or, on a WebSocket upgrade without that
+    header, of ``Sec-WebSocket-Protocol: bearer, <token>`` (browsers cannot set
+    headers on a WebSocket; the Origin check of that route is what makes this safe)."""
     header = request.headers.get("Authorization", "")
+    if not header and request.headers.get("Upgrade", "").lower() == "websocket":
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        if len(offered) == 2 and offered[0] == BEARER_SUBPROTOCOL and offered[1]:
+            return offered[1]
+        return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

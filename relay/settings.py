@@ -49,6 +49,7 @@ class Settings:
     sweep_interval_s: float = _setting(1.0, "How often expired and timed-out tasks are settled.")
     audit_flush_interval_s: float = _setting(0.5, "How often the relay's own audit events are forwarded to ClickHouse.")
     log_level: str = _setting("INFO", "Logging level.")
+    allowed_origins: tuple[str, ...] = _setting((), "Browser origins (scheme://host[:port], comma-separated) allowed to open the user event stream GET /api/v1/ws besides the relay's own public URL. Requests without an Origin header (non-browser clients) are allowed.")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -63,6 +64,9 @@ class Settings:
             raise ValueError("refresh_reuse_grace_s must be between 0 and 60 seconds")
         if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:
             raise ValueError("access tokens are short-lived: at most 3600 s")
+        for origin in self.allowed_origins:
+            if origin != origin.rstrip("/") or "://" not in origin or origin.count("/") != 2:
+                raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://app.example.com")
 
     @property
     def effective_public_url(self) -> str:
@@ -118,6 +122,8 @@ def _coerce(name: str, kind: Any, raw: str) -> Any:
             return float(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError as exc:
         raise ValueError(f"COACT_{name.upper()}={raw!r} is not a valid {kind}") from exc
     return raw

@@ -572,6 +572,45 @@ class Store:
             raise NotFound("no such device")
         return device
 
+    # -- enrollment code lifecycle (issue 3: devices, tokens, route authorization) -----
+
+    async def list_enrollment_codes(self, org_id: str, include_spent: bool = False) -> list[Row]:
+        """The org's enrollment codes, newest first: by default only those that could
+        still enroll a device (unused, unrevoked, unexpired)."""
+        c = s.enrollment_codes
+        query = select(c).where(c.c.org_id == org_id).order_by(c.c.id.desc()).limit(500)
+        if not include_spent:
+            query = query.where(c.c.used_at.is_(None), c.c.revoked_at.is_(None), c.c.expires_at > self.now())
+        async with self.engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def revoke_enrollment_code(self, org_id: str, code_id: str, by: str) -> Row:
+        """Revoke an unused code of the org. Revoking a revoked code changes nothing;
+        a used code cannot be revoked (revoke the device instead): :class:`Conflict`."""
+        c = s.enrollment_codes
+        async with self._tx() as conn:
+            code = (await conn.execute(select(c).where(c.c.id == code_id, c.c.org_id == org_id))).first()
+            if code is None:
+                raise NotFound("no such enrollment code")
+            if code.used_at is not None:
+                raise Conflict("enrollment code was already used; revoke the device instead")
+            changed = await conn.execute(
+                update(c)
+                .where(c.c.id == code_id, c.c.used_at.is_(None), c.c.revoked_at.is_(None))
+                .values(revoked_at=self.now())
+            )
+            if changed.rowcount == 1:
+                await self._record_event(conn, org_id, "enrollment_code.revoked", {"code_id": code_id, "by": by})
+            row = (await conn.execute(select(c).where(c.c.id == code_id))).first()
+            assert row is not None
+            return _row(row)
+
+    async def device_status(self, device_id: str) -> str | None:
+        """``active``/``revoked``, or None if the device is gone: the hub's re-check."""
+        d = s.devices
+        async with self.engine.connect() as conn:
+            return (await conn.execute(select(d.c.status).where(d.c.id == device_id))).scalar_one_or_none()
+
     # -- tasks --------------------------------------------------------------------------
 
     async def create_task(

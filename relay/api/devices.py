@@ -14,6 +14,7 @@ from coact.relay.api.models import (
     DeviceTokenRequest,
     Enrolled,
     EnrollmentCode,
+    EnrollmentCodeInfo,
     EnrollmentCodeRequest,
     EnrollRequest,
     Page,
@@ -50,7 +51,38 @@ async def create_enrollment_code(call: Call) -> EnrollmentCode:
             raise BadRequest(f"body.tags: {tag!r} is not a valid tag (letters, digits, _ . : -)")
     code, code_hash = new_enrollment_code()
     row = await svc.store.create_enrollment_code(call.user.org_id, call.user.subject, code_hash, body.tags, ttl)
-    return EnrollmentCode(code=code, expires_at=row["expires_at"], tags=row["tags"])
+    return EnrollmentCode(id=row["id"], code=code, expires_at=row["expires_at"], tags=row["tags"])
+
+
+def enrollment_code_view(row: Row, now: str) -> EnrollmentCodeInfo:
+    if row["revoked_at"] is not None:
+        status = "revoked"
+    elif row["used_at"] is not None:
+        status = "used"
+    elif row["expires_at"] <= now:
+        status = "expired"
+    else:
+        status = "active"
+    return EnrollmentCodeInfo.model_validate({**row, "status": status})
+
+
+# Registered before GET /devices/{id} so that the static path is never read as an id.
+@routes.route("GET", "/api/v1/devices/enrollment-codes", access=ADMIN, response=Page[EnrollmentCodeInfo],
+              summary="The org's enrollment codes that can still be used (never the codes themselves)")
+async def list_enrollment_codes(call: Call) -> Page[EnrollmentCodeInfo]:
+    svc = services(call.request)
+    rows = await svc.store.list_enrollment_codes(call.user.org_id)
+    now = svc.store.now()
+    return Page[EnrollmentCodeInfo](items=[enrollment_code_view(r, now) for r in rows])
+
+
+@routes.route("POST", "/api/v1/devices/enrollment-codes/{id}/revoke", access=ADMIN, response=EnrollmentCodeInfo,
+              summary="Revoke an unused enrollment code: enrolling with it then fails with 410",
+              errors=(404, 409))
+async def revoke_enrollment_code(call: Call) -> EnrollmentCodeInfo:
+    svc = services(call.request)
+    row = await svc.store.revoke_enrollment_code(call.user.org_id, call.path_id(), call.user.subject)
+    return enrollment_code_view(row, svc.store.now())
 
 
 @routes.route("POST", "/api/v1/devices/enroll", access=PUBLIC, body=EnrollRequest, response=Enrolled,

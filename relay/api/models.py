@@ -92,9 +92,25 @@ class EnrollmentCodeRequest(Request):
 
 
 class EnrollmentCode(Response):
+    id: str = Field(description="The code's id: list it, revoke it. Not a secret.")
     code: str
     expires_at: str
     tags: list[str]
+
+
+class EnrollmentCodeInfo(Response):
+    """An enrollment code as admins list it: everything but the code itself."""
+
+    id: str
+    org_id: str
+    created_by: str
+    created_at: str
+    expires_at: str
+    tags: list[str]
+    status: Literal["active", "used", "revoked", "expired"]
+    used_at: str | None = None
+    used_by_device: str | None = None
+    revoked_at: str | None = None
 
 
 class EnrollRequest(Request):
