@@ -109,14 +109,19 @@ class _Link:
 
 
 class Agent:
-    def __init__(self, data_dir: DataDir, *, clock: Clock | None = None, options: AgentOptions | None = None) -> None:
+    def __init__(
+        self, data_dir: DataDir, *, clock: Clock | None = None, options: AgentOptions | None = None,
+        store: AgentStore | None = None,
+    ) -> None:
+        # ``store`` lets the fleet simulator (coact.agent.sim) give each agent an
+        # in-memory outbox; a real agent always uses the one in its data directory.
         self.data_dir = data_dir
         self.clock = clock or SystemClock()
         self.options = options or AgentOptions()
         self.identity = data_dir.identity()
         self.key = data_dir.private_key()
         self.policy = data_dir.policy()
-        self.store = AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
+        self.store = store or AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
         self.runner = TaskRunner(self.store, self.policy, self.clock)
         self.audit_wakeup = asyncio.Event()
         self.rng = random.Random()

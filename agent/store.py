@@ -177,6 +177,20 @@ class AgentStore:
             self._set_head(head)
         return records
 
+    def restore_head(self, head: ChainHead) -> None:
+        """Continue, in an empty outbox, a chain whose records up to ``head`` the relay holds.
+
+        For the fleet simulator's in-memory stores, which start empty on every run while
+        the relay remembers each device's chain. Refused once anything was appended.
+        """
+        with self._lock, self._db.atomic():
+            if self._head() != GENESIS:
+                raise ValueError("restore_head needs a store with no records yet")
+            self._db.execute(
+                "UPDATE chain_head SET seq = ?, hash = ?, acked_seq = ?, acked_hash = ? WHERE id = 1",
+                [head.seq, head.hash, head.seq, head.hash],
+            )
+
     def audit_head(self) -> ChainHead:
         """The last record ever appended, whether or not the relay has acked it."""
         with self._lock:

@@ -21,6 +21,7 @@ LAZY_GROUPS = {
     "audit": ("coact.cli.admin", "audit_group"),
     "admin": ("coact.cli.admin_users", "admin_group"),
     "quickstart": ("coact.cli.quickstart", "quickstart"),
+    "sim": ("coact.agent.sim", "sim_command"),
 }
 
 

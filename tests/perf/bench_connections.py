@@ -1,0 +1,134 @@
+"""Connections held: the largest fleet one relay process holds with heartbeats flowing.
+
+Enrolls N simulated devices (once; ``--identities-dir`` keeps them), measures the
+relay's RSS, connects the whole fleet with ``coact sim``, holds it for ``--hold``
+seconds of heartbeats, and reports relay memory per connection and the time to
+connect everyone. Floor, same run: a bare aiohttp WebSocket server holding the same
+number of idle connections from the same client library.
+
+    .venv/bin/python tests/perf/bench_connections.py --agents 1000
+    .venv/bin/python tests/perf/bench_connections.py --agents 19500 --processes 2 --connect-rate 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from perf import perfkit  # noqa: E402
+
+
+def enroll(relay: Any, api: Any, email: str, agents: int, identities: Path) -> float:
+    start = time.monotonic()
+    perfkit.harness.run_cli(
+        "sim", "--relay", relay.url, "--email", email, "--agents", str(agents), "--identities-dir", str(identities),
+        "--enroll-only", "--enroll-concurrency", "8", "--output", "json",
+        env=perfkit.sim_env(api), timeout=3600,
+    )
+    return time.monotonic() - start
+
+
+def floor_rss_per_connection(count: int) -> float:
+    server = perfkit.FloorServer()
+    try:
+        time.sleep(0.5)
+        before = server.rss()
+
+        async def hold() -> float:
+            sockets = await perfkit.hold_idle(server.url, count)
+            await asyncio.sleep(2)
+            after = server.rss()
+            for ws in sockets:
+                await ws.close()
+            return (after - before) / count
+
+        return asyncio.run(hold())
+    finally:
+        server.stop()
+
+
+def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
+        heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
+    perfkit.raise_fd_limit()
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-conn-"))
+    relay = perfkit.start_relay(workdir)
+    result: dict[str, Any] = {"agents": agents}
+    try:
+        api, email = perfkit.login(relay)
+        identities = workdir / "identities"
+        result["enroll_s"] = round(enroll(relay, api, email, agents, identities), 1)
+        proc = perfkit.relay_process(relay)
+        gc.collect()
+        time.sleep(2)
+        rss_before = proc.memory_info().rss
+        sim = perfkit.SimProcess(
+            relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
+            "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
+            log=workdir / "sim.log",
+        )
+        try:
+            budget = agents / connect_rate * 3 + 120
+            reached = sim.wait(lambda p: p.get("ever_connected", 0) >= agents, budget, f"{agents} connected")
+            result["all_connected_s"] = reached["all_connected_s"]
+            result["connect_p50_s"] = reached["connect_p50_s"]
+            result["connect_p99_s"] = reached["connect_p99_s"]
+            cpu_before = proc.cpu_times()
+            t0 = time.monotonic()
+            time.sleep(hold_s)
+            cpu_after = proc.cpu_times()
+            held = sim.latest
+            result["held"] = held["connected"]
+            result["reconnects"] = held["reconnects"]
+            result["connect_failures"] = held["connect_failures"]
+            result["relay_cpu_pct_holding"] = round(
+                100 * ((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)) / (time.monotonic() - t0), 1)
+            rss_after = proc.memory_info().rss
+            result["relay_rss_mb"] = round(rss_after / 2**20, 1)
+            result["relay_kb_per_conn"] = round((rss_after - rss_before) / agents / 1024, 1)
+            result["sim_command"] = sim.command
+        finally:
+            result["sim_summary"] = sim.stop()
+    finally:
+        relay.stop()
+    result["floor_kb_per_conn"] = round(floor_rss_per_connection(agents) / 1024, 1)
+    result["ratio"] = round(result["relay_kb_per_conn"] / result["floor_kb_per_conn"], 2)
+    print({k: v for k, v in result.items() if k != "sim_summary"})
+    if do_record:
+        perfkit.record(
+            f"connections held ({agents:,} agents)",
+            f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay RSS "
+            f"({result['relay_rss_mb']} MB total), all connected in {result['all_connected_s']} s at "
+            f"{connect_rate:g}/s, relay CPU {result['relay_cpu_pct_holding']}% holding, "
+            f"{result['reconnects']} reconnects",
+            f"{result['floor_kb_per_conn']} KB/conn (bare aiohttp WS)",
+            f"{result['ratio']}x memory",
+            "≥ 20,000 agents at ≤ 2× floor memory",
+            f"python tests/perf/bench_connections.py --agents {agents} --processes {processes} "
+            f"--connect-rate {connect_rate:g}",
+        )
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--connect-rate", type=float, default=500.0)
+    parser.add_argument("--hold", type=float, default=30.0)
+    parser.add_argument("--heartbeat", type=float, default=20.0)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    run(args.agents, processes=args.processes, connect_rate=args.connect_rate, hold_s=args.hold,
+        heartbeat_s=args.heartbeat, workdir=args.workdir)
+
+
+if __name__ == "__main__":
+    main()
