@@ -77,13 +77,13 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         sink = await asyncio.to_thread(AuditStore.open, settings.effective_audit_url)
         await asyncio.to_thread(sink.ensure_schema)
         audit = AuditPipeline(store, sink, identity_key)
+        events = EventBus()
         svc = Services(
             settings=settings, clock=clock, store=store, keyring=keyring,
             issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),
-            events=EventBus(), audit=audit, hub=None,  # type: ignore[arg-type]
+            events=events, audit=audit, hub=Hub(store, audit, events, settings),
             login_limits=login_limits(settings, clock),
         )
-        svc.hub = Hub(svc)
         app[SERVICES] = svc
         loops = [
             asyncio.create_task(audit.run_forwarder(settings.audit_flush_interval_s), name="audit-forwarder"),

@@ -16,11 +16,16 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from coact.relay.storage import Row
+from coact.relay.audit import AuditPipeline
+from coact.relay.errors import Unauthorized
+from coact.relay.events import EventBus
+from coact.relay.routing import Principal
+from coact.relay.settings import Settings
+from coact.relay.storage import Row, Store
 from coact.shared import keys
 from coact.shared.chain import GENESIS
 from coact.shared.errors import ProtocolError, SignatureError
@@ -42,9 +47,6 @@ from coact.shared.protocol import (
     parse_agent_message,
     relay_challenge_message,
 )
-
-if TYPE_CHECKING:
-    from coact.relay.services import Services
 
 log = logging.getLogger("coact.relay.hub")
 
@@ -89,8 +91,11 @@ class Session:
 
 
 class Hub:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(self, store: Store, audit: AuditPipeline, events: EventBus, settings: Settings) -> None:
+        self.store = store
+        self.audit = audit
+        self.events = events
+        self.settings = settings
         self.sessions: dict[str, Session] = {}
 
     def is_online(self, device_id: str) -> bool:
@@ -115,9 +120,11 @@ class Hub:
 
     # -- session ------------------------------------------------------------------------
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        svc = self.services
-        device = await svc.authenticate_device_token(request)
+    async def handle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        """Serve the socket of the device ``principal`` (its token already checked by routing)."""
+        device = await self.store.device(principal.org_id, principal.subject)
+        if device is None:
+            raise Unauthorized("unknown device")
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~8x memory per connection
             max_msg_size=MAX_FRAME_BYTES,
@@ -132,10 +139,10 @@ class Hub:
         if previous is not None:
             await previous.ws.close(code=CLOSE_REPLACED, message=b"replaced by a newer session")
         self.sessions[session.device_id] = session
-        await svc.store.record_presence(device, online=True)
-        svc.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": True})
+        await self.store.record_presence(device, online=True)
+        self.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": True})
         try:
-            head = await svc.store.audit_head(session.device_id) or GENESIS
+            head = await self.store.audit_head(session.device_id) or GENESIS
             await session.send(Welcome(device_id=session.device_id, audit_seq=head.seq, audit_hash=head.hash))
             async with asyncio.TaskGroup() as group:
                 deliverer = group.create_task(self._deliver_loop(session))
@@ -148,15 +155,15 @@ class Hub:
         finally:
             if self.sessions.get(session.device_id) is session:
                 del self.sessions[session.device_id]
-                await svc.store.record_presence(device, online=False, reason=str(ws.close_code))
-                svc.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": False})
+                await self.store.record_presence(device, online=False, reason=str(ws.close_code))
+                self.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": False})
             if not ws.closed:
                 await ws.close()
         return ws
 
     async def _prove_key(self, ws: web.WebSocketResponse, device: Row) -> bool:
         nonce = secrets.token_urlsafe(32)
-        relay_signature = keys.sign(self.services.audit.relay_key, relay_challenge_message(device["id"], nonce))
+        relay_signature = keys.sign(self.audit.relay_key, relay_challenge_message(device["id"], nonce))
         await ws.send_str(encode(Challenge(nonce=nonce, relay_signature=relay_signature)))
         try:
             msg = await ws.receive(timeout=AUTH_TIMEOUT_S)
@@ -176,7 +183,7 @@ class Hub:
 
     async def _receive_loop(self, session: Session) -> None:
         ws = session.ws
-        timeout = self.services.settings.presence_timeout_s
+        timeout = self.settings.presence_timeout_s
         while True:
             try:
                 msg = await ws.receive(timeout=timeout)
@@ -206,7 +213,7 @@ class Hub:
             await session.ws.close(code=CLOSE_PROTOCOL, message=b"too many protocol errors")
 
     async def _dispatch(self, session: Session, message: Any) -> None:
-        store = self.services.store
+        store = self.store
         device_id = session.device_id
         match message:
             case Heartbeat(telemetry=telemetry):
@@ -221,7 +228,7 @@ class Hub:
             case TaskResult():
                 await self._store_result(session, message)
             case AuditBatch(records=records, signature=signature):
-                reply = await self.services.audit.ingest_device_batch(
+                reply = await self.audit.ingest_device_batch(
                     session.device, [r.model_dump() for r in records], signature
                 )
                 await session.send(reply)
@@ -241,9 +248,9 @@ class Hub:
             "finished_at": message.finished_at,
             "denied": message.status == "denied",
         }
-        outcome = await self.services.store.store_result(session.device_id, message.task_id, status, result)
+        outcome = await self.store.store_result(session.device_id, message.task_id, status, result)
         if outcome == "unknown":
-            await self.services.store.record_event(
+            await self.store.record_event(
                 session.device["org_id"], "security.foreign_result",
                 {"device_id": session.device_id, "task_id": message.task_id},
             )
@@ -253,7 +260,7 @@ class Hub:
             self._publish_task(session, message.task_id, status)
 
     def _publish_task(self, session: Session, task_id: str, status: str) -> None:
-        self.services.events.publish(
+        self.events.publish(
             session.device["org_id"], "task", {"task_id": task_id, "device_id": session.device_id, "status": status}
         )
 
@@ -263,7 +270,7 @@ class Hub:
         The revoking relay closes sockets it holds itself; this catches the sessions
         held by every other relay process sharing the database.
         """
-        status = await self.services.store.device_status(session.device_id)
+        status = await self.store.device_status(session.device_id)
         if status == "active":
             return True
         log.warning("device %s is %s; closing its session", session.device_id, status or "gone")
@@ -273,7 +280,7 @@ class Hub:
         return False
 
     async def _deliver_loop(self, session: Session) -> None:
-        store = self.services.store
+        store = self.store
         while True:
             if not await self._still_active(session):
                 return

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from coact.relay.audit import AuditPipeline
 from coact.relay.errors import Forbidden, Unauthorized
 from coact.relay.events import EventBus
+from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.passwords import PasswordHasher, PasswordParams
 from coact.relay.ratelimit import LoginLimits
@@ -18,11 +19,6 @@ from coact.relay.settings import Settings
 from coact.relay.storage import Row, Store
 from coact.relay.tokens import TokenError, TokenIssuer
 from coact.shared.clock import Clock
-
-if TYPE_CHECKING:
-    from coact.relay.audit import AuditPipeline
-    from coact.relay.hub import Hub
-
 
 BEARER_SUBPROTOCOL = "bearer"
 
@@ -82,16 +78,6 @@ class Services:
         if device["status"] != "active":
             raise Forbidden("device is revoked", code="device_revoked")
         return device
-
-    async def authenticate_device_token(self, request: web.Request) -> Row:
-        token = bearer_token(request)
-        if token is None:
-            raise Unauthorized("a device bearer token is required")
-        try:
-            claims = self.issuer.verify(token, "device")
-        except TokenError as exc:
-            raise Unauthorized(f"invalid device token: {exc}") from exc
-        return await self._active_device(claims.subject, claims.org_id)
 
 
 def password_hasher(settings: Settings) -> PasswordHasher:

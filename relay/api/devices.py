@@ -166,6 +166,7 @@ async def revoke_device(call: Call) -> Device:
 @routes.route("GET", "/api/v1/agent/ws", access=DEVICE, content_type="websocket",
               summary="The agent WebSocket (protocol: docs/api/ws.md)", errors=(401, 403))
 async def agent_ws(call: Call) -> web.StreamResponse:
-    return await services(call.request).hub.handle(call.request)
+    assert call.principal is not None  # routing admits only authenticated devices here
+    return await services(call.request).hub.handle(call.request, call.principal)
 
 
