@@ -104,8 +104,7 @@ def second_relay(relay: Relay, tmp_path: Path) -> Iterator[Relay]:
     data = tmp_path / "relay-2"
     data.mkdir(mode=0o700)
     shutil.copytree(relay.data_dir / "keys", data / "keys")
-    other = Relay(data, database_url=f"sqlite+aiosqlite:///{relay.data_dir.resolve() / 'relay.db'}",
-                  env={"COACT_RELAY_ID": "relay-2"})
+    other = Relay(data, database_url=relay.database_url, env={"COACT_RELAY_ID": "relay-2"})
     other.start()
     yield other
     other.stop()

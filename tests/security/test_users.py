@@ -8,20 +8,11 @@ last-admin guard, password change ending every session, and ``GET /me/activity``
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from harness import PASSWORD, Api, Relay, wait_for
-from pg import BACKENDS, relay_on
 
 NEW_PASSWORD = "another long passphrase 42"
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    with relay_on(request.param, tmp_path_factory.mktemp("users") / "data") as server:
-        yield server
 
 
 def new_user(relay: Relay, admin: Api, role: str) -> tuple[Api, dict[str, Any]]:
