@@ -8,7 +8,6 @@ disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from coact.relay import schema as s
 from coact.relay.errors import Conflict, Gone, NotFound
+from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
 from coact.relay.ids import new_id
 from coact.shared.chain import GENESIS, ChainHead, make_record
 from coact.shared.clock import Clock, to_rfc3339
@@ -30,9 +30,9 @@ ACTIVE_TASK_STATUSES = ("queued", "dispatched", "running")
 FINAL_TASK_STATUSES = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "expired")
 
 
-def open_engine(url: str) -> AsyncEngine:
+def open_engine(url: str, pool_size: int = 5) -> AsyncEngine:
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=5, max_overflow=0)
+        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -54,15 +54,23 @@ def _row(row: Any) -> Row:
 class Store:
     """Relay state. Construct with :meth:`open`; close with :meth:`close`."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, relay_id: str, relay_audit_key: str) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: AsyncEngine, writer_engine: AsyncEngine, clock: Clock, relay_id: str, relay_audit_key: str
+    ) -> None:
+        self.engine = engine  # reads
+        self._writer_engine = writer_engine
         self.clock = clock
         self.relay_id = relay_id
         self.relay_audit_key = relay_audit_key
-        # Every write transaction of this process records an event in this relay's own
-        # audit chain, which is strictly sequential; serialising the writers here keeps
-        # the chain gap-free on every database (SQLite has one writer anyway).
-        self._write_lock = asyncio.Lock()
+        # Every write of this process goes through one group-commit writer: writes are
+        # serialised (so this relay's own audit chains stay gap-free on every database)
+        # and share commits under load. Chain heads live in memory between commits:
+        # only this process writes its chains (relay ids are unique per process).
+        self._chain_heads: dict[str, ChainHead] = {}
+        self._dirty_chains: set[str] = set()
+        self._new_chains: dict[str, str] = {}  # chain id -> org id, not yet in relay_chains
+        self._writer = GroupCommit(writer_engine, before_commit=self._flush_chain_heads,
+                                   after_abort=self._forget_chain_heads)
 
     @classmethod
     async def open(cls, url: str, clock: Clock, relay_id: str, relay_audit_key: str) -> Store:
@@ -71,12 +79,22 @@ class Store:
 
         engine = open_engine(url)
         await migrate(engine)
-        return cls(engine, clock, relay_id, relay_audit_key)
+        if url.startswith("sqlite"):
+            writer_engine = open_engine(url, pool_size=1)
+            prepare_sqlite_writer(writer_engine)
+        else:
+            writer_engine = engine
+        store = cls(engine, writer_engine, clock, relay_id, relay_audit_key)
+        store._writer.start()
+        return store
 
     def relay_chain_id(self, org_id: str) -> str:
         return f"relay:{self.relay_id}:{org_id}"
 
     async def close(self) -> None:
+        await self._writer.close()
+        if self._writer_engine is not self.engine:
+            await self._writer_engine.dispose()
         await self.engine.dispose()
 
     def now(self) -> str:
@@ -87,8 +105,36 @@ class Store:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write_lock, self.engine.begin() as conn:
-            yield conn
+        """One atomic write; returns once committed (see ``coact.relay.groupcommit``)."""
+        async with self._writer.transaction() as conn:
+            heads, dirty, new = dict(self._chain_heads), set(self._dirty_chains), dict(self._new_chains)
+            try:
+                yield conn
+            except BaseException:
+                # The savepoint is rolled back: so are the chain events it appended.
+                self._chain_heads, self._dirty_chains, self._new_chains = heads, dirty, new
+                raise
+
+    async def _flush_chain_heads(self, conn: AsyncConnection) -> None:
+        chain = s.relay_chains
+        for chain_id in sorted(self._dirty_chains):
+            head = self._chain_heads[chain_id]
+            if chain_id in self._new_chains:
+                await conn.execute(insert(chain).values(
+                    chain_id=chain_id, org_id=self._new_chains[chain_id], seq=head.seq, hash=head.hash,
+                    public_key=self.relay_audit_key,
+                ))
+            else:
+                await conn.execute(
+                    update(chain).where(chain.c.chain_id == chain_id).values(seq=head.seq, hash=head.hash)
+                )
+        self._dirty_chains.clear()
+        self._new_chains.clear()
+
+    def _forget_chain_heads(self) -> None:
+        self._chain_heads.clear()
+        self._dirty_chains.clear()
+        self._new_chains.clear()
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -104,30 +150,21 @@ class Store:
         data: Mapping[str, Any],
         task_id: str | None = None,
     ) -> None:
-        chain = s.relay_chains
         chain_id = self.relay_chain_id(org_id)
-        head_row = (
-            await conn.execute(
-                select(chain.c.seq, chain.c.hash).where(chain.c.chain_id == chain_id).with_for_update()
-            )
-        ).first()
-        head = ChainHead(head_row.seq, head_row.hash) if head_row else GENESIS
-        record = make_record(
-            head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id
-        )
-        if head_row is None:
-            await conn.execute(
-                insert(chain).values(
-                    chain_id=chain_id, org_id=org_id, seq=record["seq"], hash=record["hash"],
-                    public_key=self.relay_audit_key,
-                )
-            )
-        else:
-            await conn.execute(
-                update(chain)
-                .where(chain.c.chain_id == chain_id)
-                .values(seq=record["seq"], hash=record["hash"])
-            )
+        head = self._chain_heads.get(chain_id)
+        if head is None:
+            chain = s.relay_chains
+            row = (await conn.execute(
+                select(chain.c.seq, chain.c.hash).where(chain.c.chain_id == chain_id)
+            )).first()
+            if row is None:
+                head = GENESIS
+                self._new_chains[chain_id] = org_id
+            else:
+                head = ChainHead(row.seq, row.hash)
+        record = make_record(head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id)
+        self._chain_heads[chain_id] = ChainHead(record["seq"], record["hash"])
+        self._dirty_chains.add(chain_id)
         await conn.execute(
             insert(s.relay_audit_outbox).values(
                 chain_id=chain_id, seq=record["seq"], org_id=org_id, record=record
