@@ -85,6 +85,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             login_limits=login_limits(settings, clock),
         )
         app[SERVICES] = svc
+        inserter = asyncio.create_task(audit.run_inserter(), name="audit-inserter")
         loops = [
             asyncio.create_task(audit.run_forwarder(settings.audit_flush_interval_s), name="audit-forwarder"),
             asyncio.create_task(_sweeper(svc), name="task-sweeper"),
@@ -93,18 +94,24 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             yield
         finally:
             await svc.hub.close_all()
-            for loop in loops:
-                loop.cancel()
-            for loop in loops:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await loop
+            await _stop(loops)
+            # Last events (logouts, offline devices) go to ClickHouse before the inserter stops.
             with contextlib.suppress(Exception):
-                await audit.forward_relay_events()
+                await asyncio.wait_for(audit.forward_relay_events(), 10)
+            await _stop([inserter])
             await store.close()
             await asyncio.to_thread(sink.close)
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+async def _stop(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _authenticate(request: web.Request, access: Access) -> Principal | None:

@@ -30,6 +30,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -39,7 +40,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from coact.relay.errors import ServiceUnavailable
-from coact.shared.canonical import canonical_json
+from coact.shared.canonical import canonical_json, sha256_hex
 from coact.shared.chain import GENESIS, ChainHead
 from coact.shared.clock import from_rfc3339, to_rfc3339
 
@@ -135,6 +136,47 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+@dataclass(frozen=True)
+class SignedBatch:
+    """Consecutive verified records of one chain and the signature over their head."""
+
+    org_id: str
+    records: Sequence[Mapping[str, Any]]
+    signature: str
+    public_key: str
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError("an audit batch has at least one record")
+        device_id, first_seq = self.records[0]["device_id"], int(self.records[0]["seq"])
+        for offset, record in enumerate(self.records):
+            if record["device_id"] != device_id or record["seq"] != first_seq + offset:
+                raise ValueError("an audit batch holds consecutive records of one device")
+
+    @property
+    def token(self) -> str:
+        # The org is part of the token: the dedup window is per table, not per org,
+        # and two orgs' devices must never suppress each other's blocks.
+        first, last = self.records[0], self.records[-1]
+        return f"{self.org_id}:{first['device_id']}:{first['seq']}:{last['seq']}:{last['hash']}"
+
+    def rows(self) -> list[list[Any]]:
+        return [
+            [
+                self.org_id,
+                str(record["device_id"]),
+                int(record["seq"]),
+                record["ts"],
+                record["kind"],
+                record["task_id"],
+                canonical_json(record["data"]).decode("utf-8"),
+                record["prev_hash"],
+                record["hash"],
+            ]
+            for record in self.records
+        ]
+
+
 class AuditStore:
     """Audit records and batches of every device of every org (see module docs)."""
 
@@ -184,36 +226,28 @@ class AuditStore:
         signature: str,
         public_key: str,
     ) -> None:
-        """Store one verified batch; inserting the same batch again adds no rows.
+        """Store one verified batch; inserting the same batch again adds no rows."""
+        self.insert_batches([SignedBatch(org_id, records, signature, public_key)])
 
-        The caller has verified continuity, hashes and signature. This checks only
-        the shape it relies on: one device, consecutive seqs.
+    def insert_batches(self, batches: Sequence[SignedBatch]) -> None:
+        """Store verified batches (of any devices) in one insert per table.
+
+        One large insert instead of one per batch: ClickHouse makes a part per insert,
+        so many small ones cost far more (and more merging) than a few big ones.
+        Inserting the same list again adds no rows. The caller has verified
+        continuity, hashes and signatures; this checks only the shape it relies on.
         """
-        if not records:
-            raise ValueError("an audit batch has at least one record")
-        device_id = str(records[0]["device_id"])
-        first_seq = int(records[0]["seq"])
+        if not batches:
+            return
         rows: list[list[Any]] = []
-        for offset, record in enumerate(records):
-            if record["device_id"] != device_id or record["seq"] != first_seq + offset:
-                raise ValueError("an audit batch holds consecutive records of one device")
-            rows.append(
-                [
-                    org_id,
-                    device_id,
-                    int(record["seq"]),
-                    record["ts"],
-                    record["kind"],
-                    record["task_id"],
-                    canonical_json(record["data"]).decode("utf-8"),
-                    record["prev_hash"],
-                    record["hash"],
-                ]
-            )
-        last = records[-1]
-        # The org is part of the token: the dedup window is per table, not per org,
-        # and two orgs' devices must never suppress each other's blocks.
-        token = f"{org_id}:{device_id}:{first_seq}:{last['seq']}:{last['hash']}"
+        heads: list[list[Any]] = []
+        for batch in batches:
+            rows.extend(batch.rows())
+            last = batch.records[-1]
+            heads.append([batch.org_id, str(last["device_id"]), int(last["seq"]), last["hash"],
+                          batch.signature, batch.public_key])
+        tokens = [batch.token for batch in batches]
+        token = tokens[0] if len(tokens) == 1 else sha256_hex("|".join(tokens).encode())
         settings = {"insert_deduplicate": 1, "insert_deduplication_token": token}
         with self._guard() as client:
             # Records first: a batch row always points at stored records. A crash
@@ -222,10 +256,7 @@ class AuditStore:
                 f"{self._db}.audit_records", rows, column_names=_RECORD_COLUMNS, settings=settings
             )
             client.insert(
-                f"{self._db}.audit_batches",
-                [[org_id, device_id, int(last["seq"]), last["hash"], signature, public_key]],
-                column_names=_BATCH_COLUMNS,
-                settings=settings,
+                f"{self._db}.audit_batches", heads, column_names=_BATCH_COLUMNS, settings=settings
             )
 
     def stored_hashes(self, org_id: str, device_id: str, seqs: Sequence[int]) -> dict[int, str]:

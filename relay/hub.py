@@ -32,6 +32,7 @@ from coact.shared.errors import ProtocolError, SignatureError
 from coact.shared.protocol import (
     MAX_FRAME_BYTES,
     AuditBatch,
+    AuditNack,
     Auth,
     Challenge,
     Error,
@@ -80,6 +81,10 @@ class Session:
     ws: web.WebSocketResponse
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     sent: set[str] = field(default_factory=set)  # task ids delivered on this session
+    # Audit batches are verified and stored beside the receive loop, so results and
+    # heartbeats never wait for ClickHouse; the protocol allows one batch in flight.
+    group: asyncio.TaskGroup | None = None
+    ingesting: asyncio.Task[None] | None = None
     protocol_errors: int = 0
 
     @property
@@ -145,6 +150,7 @@ class Hub:
             head = await self.store.audit_head(session.device_id) or GENESIS
             await session.send(Welcome(device_id=session.device_id, audit_seq=head.seq, audit_hash=head.hash))
             async with asyncio.TaskGroup() as group:
+                session.group = group
                 deliverer = group.create_task(self._deliver_loop(session))
                 try:
                     await self._receive_loop(session)
@@ -228,14 +234,22 @@ class Hub:
             case TaskResult():
                 await self._store_result(session, message)
             case AuditBatch(records=records, signature=signature):
-                reply = await self.audit.ingest_device_batch(
-                    session.device, [r.model_dump() for r in records], signature
+                if session.ingesting is not None and not session.ingesting.done():
+                    await session.send(AuditNack(code="busy", detail="wait for the ack of the previous batch"))
+                    return
+                assert session.group is not None
+                session.ingesting = session.group.create_task(
+                    self._ingest(session, [r.model_dump() for r in records], signature)
                 )
-                await session.send(reply)
             case Error(code=code, detail=detail):
                 log.info("device %s reports %s: %s", device_id, code, detail)
             case _:
                 raise ProtocolError(f"{message.type} is not expected after the handshake")
+
+    async def _ingest(self, session: Session, records: list[dict[str, Any]], signature: str) -> None:
+        reply = await self.audit.ingest_device_batch(session.device, records, signature)
+        if not session.ws.closed:
+            await session.send(reply)
 
     async def _store_result(self, session: Session, message: TaskResult) -> None:
         status = "failed" if message.status == "denied" else message.status
