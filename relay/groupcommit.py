@@ -1,119 +1,153 @@
 """Group commit: many short write transactions share one database commit.
 
-Every write of a relay process runs on one connection, one body at a time, each body
-inside its own SAVEPOINT of a shared transaction. A committer task commits whatever
-bodies have finished as soon as the connection is free, so under load one commit
-(one fsync on SQLite, one round trip on PostgreSQL) covers a whole group, and with no
-load a lone write commits at once. A caller returns only after the commit that holds
-its body: nothing is acknowledged before it is durable.
+Every write of a relay process is a plain function over a SQLAlchemy connection
+(a *body*), run by one writer thread, one body at a time, each inside its own
+SAVEPOINT of a shared transaction. The writer takes every body that is waiting,
+runs them, and commits once: under load one commit (one fsync on SQLite, one round
+trip on PostgreSQL) covers the whole group; with no load a lone write commits at
+once. A caller's ``await`` returns only after the commit that holds its body:
+nothing is acknowledged before it is durable.
+
+Running whole bodies in the thread costs the event loop one hand-off per write,
+instead of one per SQL statement with an async driver.
 
 Failure isolation: a body that raises rolls back to its savepoint and the error goes
-to that caller alone; a failed commit fails every caller of that group.
+to that caller alone; a failed commit fails every caller of the group.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import Connection, Engine, event
 
 log = logging.getLogger("coact.relay.groupcommit")
 
+T = TypeVar("T")
+Body = Callable[[Connection], T]
+MAX_GROUP = 512
 
-def prepare_sqlite_writer(engine: AsyncEngine) -> None:
+
+def prepare_sqlite_writer(engine: Engine) -> None:
     """Let SQLAlchemy, not the sqlite3 module, drive transactions, and start each one
     with ``BEGIN IMMEDIATE``: savepoints then work, and a second relay process on the
     same file waits for the write lock instead of failing on a stale snapshot."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _autocommit_driver(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _begin_immediate(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@dataclass
+class _Job(Generic[T]):
+    body: Body[T]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+    result: Any = None
+    error: BaseException | None = None
 
 
 class GroupCommit:
     def __init__(
         self,
-        engine: AsyncEngine,
+        engine: Engine,
         *,
-        before_commit: Callable[[AsyncConnection], Awaitable[None]],
+        before_body: Callable[[], Callable[[], None]],
+        before_commit: Callable[[Connection], None],
         after_abort: Callable[[], None],
     ) -> None:
+        """``before_body`` returns an undo callable run if the body fails;
+        ``before_commit`` writes state kept in memory during the group;
+        ``after_abort`` forgets it when a commit fails."""
         self._engine = engine
+        self._before_body = before_body
         self._before_commit = before_commit
         self._after_abort = after_abort
-        self._lock = asyncio.Lock()
-        self._conn: AsyncConnection | None = None
-        self._group: asyncio.Future[None] | None = None
-        self._has_work = asyncio.Event()
-        self._committer: asyncio.Task[None] | None = None
+        self._jobs: queue.SimpleQueue[_Job[Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="coact-writer", daemon=True)
+        self._thread.start()
 
-    def start(self) -> None:
-        self._committer = asyncio.create_task(self._commit_loop(), name="group-commit")
+    async def run(self, body: Body[T]) -> T:
+        """Run ``body`` atomically in the writer; return its result once committed."""
+        loop = asyncio.get_running_loop()
+        job: _Job[T] = _Job(body, loop, loop.create_future())
+        self._jobs.put(job)
+        # Shielded: a caller that goes away must not lose track of a committed write.
+        return await asyncio.shield(job.future)
 
     async def close(self) -> None:
-        if self._committer is not None:
-            self._committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._committer
-        async with self._lock:
-            await self._commit_group()
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+        """Finish every queued write, then stop the writer thread."""
+        self._jobs.put(None)
+        await asyncio.to_thread(self._thread.join)
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """Run the block as one atomic unit and return once it is committed."""
-        async with self._lock:
-            if self._conn is None:
-                self._conn = await self._engine.connect()
-            conn = self._conn
-            if not conn.in_transaction():
-                await conn.begin()
-            async with conn.begin_nested():
-                yield conn
-            if self._group is None:
-                self._group = asyncio.get_running_loop().create_future()
-            group = self._group
-            self._has_work.set()
-        # Shielded: a caller that goes away must not cancel the commit others wait for.
-        await asyncio.shield(group)
+    # -- the writer thread -------------------------------------------------------------
 
-    async def _commit_loop(self) -> None:
-        while True:
-            await self._has_work.wait()
-            async with self._lock:
-                self._has_work.clear()
-                await self._commit_group()
+    def _run(self) -> None:
+        with self._engine.connect() as conn:
+            while True:
+                first = self._jobs.get()
+                if first is None:
+                    return
+                group = [first]
+                stop = False
+                while len(group) < MAX_GROUP:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        stop = True
+                        break
+                    group.append(job)
+                self._run_group(conn, group)
+                if stop:
+                    return
 
-    async def _commit_group(self) -> None:
-        """Commit the open transaction and release its callers (lock held)."""
-        group, self._group = self._group, None
-        conn = self._conn
-        if conn is None or not conn.in_transaction():
-            if group is not None and not group.done():
-                group.set_result(None)
-            return
+    def _run_group(self, conn: Connection, group: list[_Job[Any]]) -> None:
         try:
-            await self._before_commit(conn)
-            await conn.commit()
+            with conn.begin():
+                for job in group:
+                    undo = self._before_body()
+                    try:
+                        with conn.begin_nested():
+                            job.result = job.body(conn)
+                    except Exception as exc:
+                        undo()
+                        job.error = exc
+                self._before_commit(conn)
         except Exception as exc:
-            log.error("group commit failed: %s", exc)
-            with contextlib.suppress(Exception):
-                await conn.rollback()
+            log.error("group commit of %d writes failed: %s", len(group), exc)
             self._after_abort()
-            if group is not None and not group.done():
-                group.set_exception(exc)
-                group.exception()  # retrieved here: each caller re-raises it
-            return
-        if group is not None and not group.done():
-            group.set_result(None)
+            for job in group:
+                if job.error is None:
+                    job.error = exc
+        for loop, jobs in _by_loop(group).items():
+            loop.call_soon_threadsafe(_settle, jobs)
+
+
+def _by_loop(group: list[_Job[Any]]) -> dict[asyncio.AbstractEventLoop, list[_Job[Any]]]:
+    loops: dict[asyncio.AbstractEventLoop, list[_Job[Any]]] = {}
+    for job in group:
+        loops.setdefault(job.loop, []).append(job)
+    return loops
+
+
+def _settle(jobs: list[_Job[Any]]) -> None:
+    """Resolve a group's futures: one event-loop hand-off for the whole group."""
+    for job in jobs:
+        if job.future.done():
+            continue
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(job.result)

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection, inspect, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Connection, Engine, inspect, select, text
 
 from coact.relay import schema
 from coact.shared.clock import to_rfc3339, utc_now
@@ -53,14 +52,14 @@ def _apply(conn: Connection) -> list[int]:
     return applied
 
 
-async def migrate(engine: AsyncEngine) -> list[int]:
-    """Bring the database up to the newest version; return the versions applied."""
-    async with engine.begin() as conn:
+def migrate(engine: Engine) -> list[int]:
+    """Bring the database up to the newest version; return the versions applied (blocking)."""
+    with engine.begin() as conn:
         # Several relays (or a relay and a CLI command) may start at once: serialise
         # their migrations, or the losers fail with "table already exists".
         if engine.dialect.name == "postgresql":
-            await conn.execute(text("SELECT pg_advisory_xact_lock(7426001)"))
+            conn.execute(text("SELECT pg_advisory_xact_lock(7426001)"))
         elif engine.dialect.name == "sqlite":
             # Take the write lock before reading the schema (waits up to busy_timeout).
-            await conn.exec_driver_sql("BEGIN IMMEDIATE")
-        return await conn.run_sync(_apply)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return _apply(conn)

@@ -25,7 +25,7 @@ class Settings:
     host: str = _setting("127.0.0.1", "Address to listen on.")
     port: int = _setting(8600, "TCP port to listen on.")
     public_url: str = _setting("", "URL agents and users reach the relay at; also the JWT issuer. Default: http://HOST:PORT.")
-    database_url: str = _setting("", "SQLAlchemy URL of the state database. Default: SQLite in DATA_DIR/relay.db. PostgreSQL: postgresql+asyncpg://user@host/db.", secret=True)
+    database_url: str = _setting("", "SQLAlchemy URL of the state database. Default: SQLite in DATA_DIR/relay.db. PostgreSQL: postgresql://user@host/db (psycopg).", secret=True)
     audit_url: str = _setting("", "ClickHouse for audit records: chdb:///path (embedded) or http://user:pass@host:8123/db. Default: chdb:///DATA_DIR/audit.", secret=True)
     relay_id: str = _setting("relay-1", "Name of this relay process; its own audit events form one chain per org, 'relay:RELAY_ID:ORG_ID'.")
     allow_signup: bool = _setting(True, "Whether POST /auth/signup may create new organisations.")
@@ -74,7 +74,7 @@ class Settings:
 
     @property
     def effective_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'relay.db'}"
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'relay.db'}"
 
     @property
     def effective_audit_url(self) -> str:

@@ -8,14 +8,25 @@ disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, delete, event, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from coact.relay import schema as s
 from coact.relay.errors import Conflict, Gone, NotFound
@@ -25,16 +36,31 @@ from coact.shared.chain import GENESIS, ChainHead, make_record
 from coact.shared.clock import Clock, to_rfc3339
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 ACTIVE_TASK_STATUSES = ("queued", "dispatched", "running")
 FINAL_TASK_STATUSES = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "expired")
 
 
-def open_engine(url: str, pool_size: int = 5) -> AsyncEngine:
-    if url.startswith("sqlite"):
-        engine = create_async_engine(url, pool_size=pool_size, max_overflow=0)
+def sync_url(url: str) -> str:
+    """The URL for SQLAlchemy's synchronous drivers: ``postgresql://`` and the async
+    spellings (``postgresql+asyncpg://``, ``sqlite+aiosqlite://``) are accepted too."""
+    for prefix, driver in (("postgresql+asyncpg://", "postgresql+psycopg://"),
+                           ("postgresql://", "postgresql+psycopg://"),
+                           ("postgres://", "postgresql+psycopg://"),
+                           ("sqlite+aiosqlite://", "sqlite://")):
+        if url.startswith(prefix):
+            return driver + url.removeprefix(prefix)
+    return url
 
-        @event.listens_for(engine.sync_engine, "connect")
+
+def open_engine(url: str, pool_size: int = 8) -> Engine:
+    url = sync_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, pool_size=pool_size, max_overflow=0,
+                               connect_args={"check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
@@ -44,7 +70,7 @@ def open_engine(url: str, pool_size: int = 5) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=8, pool_pre_ping=True)
 
 
 def _row(row: Any) -> Row:
@@ -52,11 +78,14 @@ def _row(row: Any) -> Row:
 
 
 class Store:
-    """Relay state. Construct with :meth:`open`; close with :meth:`close`."""
+    """Relay state. Construct with :meth:`open`; close with :meth:`close`.
 
-    def __init__(
-        self, engine: AsyncEngine, writer_engine: AsyncEngine, clock: Clock, relay_id: str, relay_audit_key: str
-    ) -> None:
+    The methods are coroutines; each runs its SQL as one plain function in a worker
+    thread (reads) or in the group-commit writer (writes), so the event loop hands
+    off once per call, not once per statement.
+    """
+
+    def __init__(self, engine: Engine, writer_engine: Engine, clock: Clock, relay_id: str, relay_audit_key: str) -> None:
         self.engine = engine  # reads
         self._writer_engine = writer_engine
         self.clock = clock
@@ -69,8 +98,10 @@ class Store:
         self._chain_heads: dict[str, ChainHead] = {}
         self._dirty_chains: set[str] = set()
         self._new_chains: dict[str, str] = {}  # chain id -> org id, not yet in relay_chains
-        self._writer = GroupCommit(writer_engine, before_commit=self._flush_chain_heads,
-                                   after_abort=self._forget_chain_heads)
+        self._writer = GroupCommit(
+            writer_engine, before_body=self._snapshot_chain_heads,
+            before_commit=self._flush_chain_heads, after_abort=self._forget_chain_heads,
+        )
 
     @classmethod
     async def open(cls, url: str, clock: Clock, relay_id: str, relay_audit_key: str) -> Store:
@@ -78,15 +109,13 @@ class Store:
         from coact.relay.migrations import migrate
 
         engine = open_engine(url)
-        await migrate(engine)
-        if url.startswith("sqlite"):
+        await asyncio.to_thread(migrate, engine)
+        if engine.dialect.name == "sqlite":
             writer_engine = open_engine(url, pool_size=1)
             prepare_sqlite_writer(writer_engine)
         else:
             writer_engine = engine
-        store = cls(engine, writer_engine, clock, relay_id, relay_audit_key)
-        store._writer.start()
-        return store
+        return cls(engine, writer_engine, clock, relay_id, relay_audit_key)
 
     def relay_chain_id(self, org_id: str) -> str:
         return f"relay:{self.relay_id}:{org_id}"
@@ -94,8 +123,8 @@ class Store:
     async def close(self) -> None:
         await self._writer.close()
         if self._writer_engine is not self.engine:
-            await self._writer_engine.dispose()
-        await self.engine.dispose()
+            await asyncio.to_thread(self._writer_engine.dispose)
+        await asyncio.to_thread(self.engine.dispose)
 
     def now(self) -> str:
         return to_rfc3339(self.clock.now())
@@ -103,29 +132,37 @@ class Store:
     def later(self, seconds: float) -> str:
         return to_rfc3339(self.clock.now() + timedelta(seconds=seconds))
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        """One atomic write; returns once committed (see ``coact.relay.groupcommit``)."""
-        async with self._writer.transaction() as conn:
-            heads, dirty, new = dict(self._chain_heads), set(self._dirty_chains), dict(self._new_chains)
-            try:
-                yield conn
-            except BaseException:
-                # The savepoint is rolled back: so are the chain events it appended.
-                self._chain_heads, self._dirty_chains, self._new_chains = heads, dirty, new
-                raise
+    async def _write(self, body: Callable[[Connection], T]) -> T:
+        """Run ``body`` as one atomic write; return once committed."""
+        return await self._writer.run(body)
 
-    async def _flush_chain_heads(self, conn: AsyncConnection) -> None:
+    async def _read(self, body: Callable[[Connection], T]) -> T:
+        def run() -> T:
+            with self.engine.connect() as conn:
+                return body(conn)
+
+        return await asyncio.to_thread(run)
+
+    def _snapshot_chain_heads(self) -> Callable[[], None]:
+        """Undo for a body that fails: its savepoint is rolled back, so are its events."""
+        heads, dirty, new = dict(self._chain_heads), set(self._dirty_chains), dict(self._new_chains)
+
+        def undo() -> None:
+            self._chain_heads, self._dirty_chains, self._new_chains = heads, dirty, new
+
+        return undo
+
+    def _flush_chain_heads(self, conn: Connection) -> None:
         chain = s.relay_chains
         for chain_id in sorted(self._dirty_chains):
             head = self._chain_heads[chain_id]
             if chain_id in self._new_chains:
-                await conn.execute(insert(chain).values(
+                conn.execute(insert(chain).values(
                     chain_id=chain_id, org_id=self._new_chains[chain_id], seq=head.seq, hash=head.hash,
                     public_key=self.relay_audit_key,
                 ))
             else:
-                await conn.execute(
+                conn.execute(
                     update(chain).where(chain.c.chain_id == chain_id).values(seq=head.seq, hash=head.hash)
                 )
         self._dirty_chains.clear()
@@ -137,14 +174,15 @@ class Store:
         self._new_chains.clear()
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(select(1))
+        def _body(conn: Connection) -> Any:
+            conn.execute(select(1))
+        await self._read(_body)
 
     # -- the relay's own audit chain --------------------------------------------------
 
-    async def _record_event(
+    def _record_event(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         org_id: str,
         kind: str,
         data: Mapping[str, Any],
@@ -154,7 +192,7 @@ class Store:
         head = self._chain_heads.get(chain_id)
         if head is None:
             chain = s.relay_chains
-            row = (await conn.execute(
+            row = (conn.execute(
                 select(chain.c.seq, chain.c.hash).where(chain.c.chain_id == chain_id)
             )).first()
             if row is None:
@@ -165,7 +203,7 @@ class Store:
         record = make_record(head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id)
         self._chain_heads[chain_id] = ChainHead(record["seq"], record["hash"])
         self._dirty_chains.add(chain_id)
-        await conn.execute(
+        conn.execute(
             insert(s.relay_audit_outbox).values(
                 chain_id=chain_id, seq=record["seq"], org_id=org_id, record=record
             )
@@ -174,31 +212,35 @@ class Store:
     async def record_event(
         self, org_id: str, kind: str, data: Mapping[str, Any], task_id: str | None = None
     ) -> None:
-        async with self._tx() as conn:
-            await self._record_event(conn, org_id, kind, data, task_id)
+        def _body(conn: Connection) -> Any:
+            self._record_event(conn, org_id, kind, data, task_id)
+        await self._write(_body)
 
     async def pending_relay_events(self, limit: int) -> list[Row]:
         """This relay's unforwarded events, ordered by chain then seq."""
         t = s.relay_audit_outbox
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(
                 select(t)
                 .where(t.c.chain_id.startswith(f"relay:{self.relay_id}:", autoescape=True))
                 .order_by(t.c.chain_id, t.c.seq)
                 .limit(limit)
             )
             return [_row(r) for r in rows]
+        return await self._read(_body)
 
     async def drop_relay_events(self, chain_id: str, upto_seq: int) -> None:
         t = s.relay_audit_outbox
-        async with self._tx() as conn:
-            await conn.execute(delete(t).where(t.c.chain_id == chain_id, t.c.seq <= upto_seq))
+        def _body(conn: Connection) -> Any:
+            conn.execute(delete(t).where(t.c.chain_id == chain_id, t.c.seq <= upto_seq))
+        await self._write(_body)
 
     async def relay_chain_keys(self, org_id: str) -> dict[str, str]:
         c = s.relay_chains
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(c.c.chain_id, c.c.public_key).where(c.c.org_id == org_id))
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(select(c.c.chain_id, c.c.public_key).where(c.c.org_id == org_id))
             return {r.chain_id: r.public_key for r in rows}
+        return await self._read(_body)
 
     # -- users, orgs, refresh tokens ----------------------------------------------------
 
@@ -206,15 +248,16 @@ class Store:
         now = self.now()
         org_id, user_id = new_id("org"), new_id("usr")
         try:
-            async with self._tx() as conn:
-                await conn.execute(insert(s.orgs).values(id=org_id, name=org_name, created_at=now))
-                await conn.execute(
+            def _body(conn: Connection) -> Any:
+                conn.execute(insert(s.orgs).values(id=org_id, name=org_name, created_at=now))
+                conn.execute(
                     insert(s.users).values(
                         id=user_id, org_id=org_id, email=email, password_hash=password_hash,
                         role="admin", disabled=False, created_at=now, password_changed_at=now,
                     )
                 )
-                await self._record_event(conn, org_id, "user.signup", {"user_id": user_id, "role": "admin"})
+                self._record_event(conn, org_id, "user.signup", {"user_id": user_id, "role": "admin"})
+            await self._write(_body)
         except IntegrityError as exc:
             raise Conflict("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
@@ -222,48 +265,52 @@ class Store:
         return user
 
     async def user_by_email(self, email: str) -> Row | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(s.users).where(s.users.c.email == email))).first()
+        def _body(conn: Connection) -> Any:
+            row = (conn.execute(select(s.users).where(s.users.c.email == email))).first()
             return _row(row) if row else None
+        return await self._read(_body)
 
     async def user_by_id(self, org_id: str, user_id: str) -> Row | None:
-        async with self.engine.connect() as conn:
+        def _body(conn: Connection) -> Any:
             row = (
-                await conn.execute(
+                conn.execute(
                     select(s.users).where(s.users.c.id == user_id, s.users.c.org_id == org_id)
                 )
             ).first()
             return _row(row) if row else None
+        return await self._read(_body)
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
-        async with self._tx() as conn:
-            await conn.execute(
+        def _body(conn: Connection) -> Any:
+            conn.execute(
                 update(s.users).where(s.users.c.id == user_id).values(password_hash=password_hash)
             )
+        await self._write(_body)
 
     async def issue_refresh_token(
         self, user: Row, token_hash: str, ttl_s: int, family_id: str | None = None
     ) -> str:
         t = s.refresh_tokens
         family = family_id or new_id("fam")
-        async with self._tx() as conn:
+        def _body(conn: Connection) -> Any:
             # Rotation consumes the old token and mints its successor in two transactions;
             # a reuse or logout between them revokes the family, and the successor must
             # not escape that: it is born revoked.
             revoked_at: str | None = None
             if family_id is not None:
-                revoked = await conn.execute(
+                revoked = conn.execute(
                     select(t.c.id).where(t.c.family_id == family, t.c.revoked_at.is_not(None)).limit(1)
                 )
                 if revoked.first() is not None:
                     revoked_at = self.now()
-            await conn.execute(
+            conn.execute(
                 insert(t).values(
                     id=new_id("rt"), family_id=family, user_id=user["id"], org_id=user["org_id"],
                     token_hash=token_hash, created_at=self.now(), expires_at=self.later(ttl_s),
                     revoked_at=revoked_at,
                 )
             )
+        await self._write(_body)
         return family
 
     async def consume_refresh_token(
@@ -281,36 +328,37 @@ class Store:
         """
         t = s.refresh_tokens
         now = self.now()
-        async with self._tx() as conn:
-            row = (await conn.execute(select(t).where(t.c.token_hash == token_hash))).first()
+        def _body(conn: Connection) -> Any:
+            row = (conn.execute(select(t).where(t.c.token_hash == token_hash))).first()
             if row is None or row.revoked_at is not None or row.expires_at <= now:
                 return "invalid", None
-            claimed = await conn.execute(
+            claimed = conn.execute(
                 update(t).where(t.c.id == row.id, t.c.used_at.is_(None)).values(used_at=now, used_from=client)
             )
             if claimed.rowcount == 1:
                 return "ok", _row(row)
             # Read the winner's use (a concurrent one may have committed after our first read).
-            row = (await conn.execute(select(t).where(t.c.id == row.id))).one()
-            if await self._within_reuse_grace(conn, row, client, grace_s):
-                await self._record_event(
+            row = (conn.execute(select(t).where(t.c.id == row.id))).one()
+            if self._within_reuse_grace(conn, row, client, grace_s):
+                self._record_event(
                     conn, row.org_id, "auth.refresh_retry",
                     {"user_id": row.user_id, "family_id": row.family_id},
                 )
                 return "rotated", _row(row)
-            await conn.execute(
+            conn.execute(
                 update(t)
                 .where(t.c.family_id == row.family_id, t.c.revoked_at.is_(None))
                 .values(revoked_at=now)
             )
-            await self._record_event(
+            self._record_event(
                 conn, row.org_id, "auth.refresh_reuse",
                 {"user_id": row.user_id, "family_id": row.family_id},
             )
             return "reused", _row(row)
+        return await self._write(_body)
 
-    async def _within_reuse_grace(
-        self, conn: AsyncConnection, row: Any, client: str | None, grace_s: float
+    def _within_reuse_grace(
+        self, conn: Connection, row: Any, client: str | None, grace_s: float
     ) -> bool:
         if grace_s <= 0 or client is None or row.used_from != client or row.used_at is None:
             return False
@@ -319,26 +367,27 @@ class Store:
         # Only the immediately previous token: once its successor was spent too, a copy
         # of this one is stale however recent, and its reuse is theft or a bug.
         t = s.refresh_tokens
-        later = await conn.execute(
+        later = conn.execute(
             select(t.c.id).where(t.c.family_id == row.family_id, t.c.used_at > row.used_at).limit(1)
         )
         return later.first() is None
 
     async def revoke_refresh_family(self, token_hash: str, user_id: str) -> bool:
         t = s.refresh_tokens
-        async with self._tx() as conn:
+        def _body(conn: Connection) -> Any:
             row = (
-                await conn.execute(select(t).where(t.c.token_hash == token_hash, t.c.user_id == user_id))
+                conn.execute(select(t).where(t.c.token_hash == token_hash, t.c.user_id == user_id))
             ).first()
             if row is None:
                 return False
-            await conn.execute(
+            conn.execute(
                 update(t)
                 .where(t.c.family_id == row.family_id, t.c.revoked_at.is_(None))
                 .values(revoked_at=self.now())
             )
-            await self._record_event(conn, row.org_id, "auth.logout", {"user_id": user_id})
+            self._record_event(conn, row.org_id, "auth.logout", {"user_id": user_id})
             return True
+        return await self._write(_body)
 
     # -- admin user management (issue 3: users, roles, passwords) -----------------------
 
@@ -347,14 +396,15 @@ class Store:
         now = self.now()
         user_id = new_id("usr")
         try:
-            async with self._tx() as conn:
-                await conn.execute(
+            def _body(conn: Connection) -> Any:
+                conn.execute(
                     insert(s.users).values(
                         id=user_id, org_id=org_id, email=email, password_hash=password_hash,
                         role=role, disabled=False, created_at=now, password_changed_at=now,
                     )
                 )
-                await self._record_event(conn, org_id, "user.created", {"user_id": user_id, "role": role, "by": by})
+                self._record_event(conn, org_id, "user.created", {"user_id": user_id, "role": role, "by": by})
+            await self._write(_body)
         except IntegrityError as exc:
             raise Conflict("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
@@ -366,8 +416,9 @@ class Store:
         query = select(u).where(u.c.org_id == org_id).order_by(u.c.id).limit(limit)
         if cursor:
             query = query.where(u.c.id > cursor)
-        async with self.engine.connect() as conn:
-            return [_row(r) for r in await conn.execute(query)]
+        def _body(conn: Connection) -> Any:
+            return [_row(r) for r in conn.execute(query)]
+        return await self._read(_body)
 
     async def update_user(
         self, org_id: str, user_id: str, by: str, *, role: str | None = None, disabled: bool | None = None
@@ -379,9 +430,9 @@ class Store:
         admin demoting or disabling themselves). Disabling revokes every session.
         """
         u = s.users
-        async with self._tx() as conn:
+        def _body(conn: Connection) -> Any:
             user = (
-                await conn.execute(select(u).where(u.c.id == user_id, u.c.org_id == org_id).with_for_update())
+                conn.execute(select(u).where(u.c.id == user_id, u.c.org_id == org_id).with_for_update())
             ).first()
             if user is None:
                 raise NotFound("no such user")
@@ -390,25 +441,26 @@ class Store:
             if user.role == "admin" and not user.disabled and (new_role != "admin" or new_disabled):
                 # Lock the org's enabled admins so two admins demoting each other at
                 # once (on PostgreSQL, from two relays) cannot both succeed.
-                admins = await conn.execute(
+                admins = conn.execute(
                     select(u.c.id).where(u.c.org_id == org_id, u.c.role == "admin", u.c.disabled.is_(False))
                     .with_for_update()
                 )
                 if [r.id for r in admins] == [user_id]:
                     raise Conflict("this is the org's last enabled admin: make another user admin first")
             if new_role != user.role:
-                await conn.execute(update(u).where(u.c.id == user_id).values(role=new_role))
-                await self._record_event(
+                conn.execute(update(u).where(u.c.id == user_id).values(role=new_role))
+                self._record_event(
                     conn, org_id, "user.role_changed",
                     {"user_id": user_id, "by": by, "from": user.role, "to": new_role},
                 )
             if new_disabled != user.disabled:
-                await conn.execute(update(u).where(u.c.id == user_id).values(disabled=new_disabled))
-                revoked = await self._revoke_user_sessions(conn, user_id) if new_disabled else 0
-                await self._record_event(
+                conn.execute(update(u).where(u.c.id == user_id).values(disabled=new_disabled))
+                revoked = self._revoke_user_sessions(conn, user_id) if new_disabled else 0
+                self._record_event(
                     conn, org_id, "user.disabled" if new_disabled else "user.enabled",
                     {"user_id": user_id, "by": by, **({"sessions_revoked": revoked} if new_disabled else {})},
                 )
+        await self._write(_body)
         row = await self.user_by_id(org_id, user_id)
         assert row is not None
         return row
@@ -416,26 +468,27 @@ class Store:
     async def change_password(self, org_id: str, user_id: str, password_hash: str) -> None:
         """Store a new password hash and end every session of the user (audited)."""
         u = s.users
-        async with self._tx() as conn:
-            changed = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            changed = conn.execute(
                 update(u).where(u.c.id == user_id, u.c.org_id == org_id)
                 .values(password_hash=password_hash, password_changed_at=self.now())
             )
             if changed.rowcount != 1:
                 raise NotFound("no such user")
-            revoked = await self._revoke_user_sessions(conn, user_id)
-            await self._record_event(
+            revoked = self._revoke_user_sessions(conn, user_id)
+            self._record_event(
                 conn, org_id, "user.password_changed", {"user_id": user_id, "sessions_revoked": revoked}
             )
+        await self._write(_body)
 
-    async def _revoke_user_sessions(self, conn: AsyncConnection, user_id: str) -> int:
+    def _revoke_user_sessions(self, conn: Connection, user_id: str) -> int:
         """Revoke every live refresh family of a user; return how many families."""
         t = s.refresh_tokens
-        families = await conn.execute(
+        families = conn.execute(
             select(t.c.family_id).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).distinct()
         )
         count = len(families.all())
-        await conn.execute(
+        conn.execute(
             update(t).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).values(revoked_at=self.now())
         )
         return count
@@ -443,23 +496,26 @@ class Store:
     async def live_refresh_families(self, user_id: str) -> int:
         """How many of the user's refresh families still hold an unrevoked token."""
         t = s.refresh_tokens
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(
                 select(t.c.family_id).where(t.c.user_id == user_id, t.c.revoked_at.is_(None)).distinct()
             )
             return len(rows.all())
+        return await self._read(_body)
 
     async def org_stats(self, org_id: str) -> Row:
         """Counts for the admin dashboard: users by role, devices and tasks by status."""
         u, d = s.users, s.devices
-        async with self.engine.connect() as conn:
-            users = (await conn.execute(
+        def _body(conn: Connection) -> Any:
+            users = (conn.execute(
                 select(u.c.role, u.c.disabled, func.count()).where(u.c.org_id == org_id)
                 .group_by(u.c.role, u.c.disabled)
             )).all()
-            devices = (await conn.execute(
+            devices = (conn.execute(
                 select(d.c.status, func.count()).where(d.c.org_id == org_id).group_by(d.c.status)
             )).all()
+            return users, devices
+        users, devices = await self._read(_body)
         tasks = await self.task_counts(org_id)
         by_role: dict[str, int] = {}
         disabled = 0
@@ -484,12 +540,13 @@ class Store:
             "id": code_id, "org_id": org_id, "code_hash": code_hash, "created_by": created_by,
             "tags": list(tags), "created_at": self.now(), "expires_at": self.later(ttl_s),
         }
-        async with self._tx() as conn:
-            await conn.execute(insert(s.enrollment_codes).values(**values))
-            await self._record_event(
+        def _body(conn: Connection) -> Any:
+            conn.execute(insert(s.enrollment_codes).values(**values))
+            self._record_event(
                 conn, org_id, "enrollment_code.created",
                 {"code_id": code_id, "by": created_by, "expires_at": values["expires_at"]},
             )
+        await self._write(_body)
         return values
 
     async def enroll_device(
@@ -499,8 +556,8 @@ class Store:
         c = s.enrollment_codes
         now = self.now()
         device_id = new_id("dev")
-        async with self._tx() as conn:
-            code = (await conn.execute(select(c).where(c.c.code_hash == code_hash))).first()
+        def _body(conn: Connection) -> Any:
+            code = (conn.execute(select(c).where(c.c.code_hash == code_hash))).first()
             if code is None:
                 raise Gone("enrollment code is not valid")
             if code.revoked_at is not None:
@@ -509,7 +566,7 @@ class Store:
                 raise Gone("enrollment code was already used")
             if code.expires_at <= now:
                 raise Gone("enrollment code has expired")
-            spent = await conn.execute(
+            spent = conn.execute(
                 update(c)
                 .where(c.c.id == code.id, c.c.used_at.is_(None))
                 .values(used_at=now, used_by_device=device_id)
@@ -517,7 +574,7 @@ class Store:
             if spent.rowcount != 1:
                 raise Gone("enrollment code was already used")
             try:
-                await conn.execute(
+                conn.execute(
                     insert(s.devices).values(
                         id=device_id, org_id=code.org_id, name=name, platform=platform,
                         public_key=public_key, tags=list(code.tags), status="active",
@@ -526,53 +583,59 @@ class Store:
                 )
             except IntegrityError as exc:
                 raise Conflict("this public key is already enrolled") from exc
-            await self._record_event(
+            self._record_event(
                 conn, code.org_id, "device.enrolled",
                 {"device_id": device_id, "name": name, "platform": platform, "code_id": code.id,
                  "public_key": public_key},
             )
+        await self._write(_body)
         device = await self.device_unscoped(device_id)
         assert device is not None
         return device
 
     async def device_unscoped(self, device_id: str) -> Row | None:
         """A device by id alone: only for device-authenticated paths, which then bind the org."""
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(s.devices).where(s.devices.c.id == device_id))).first()
+        def _body(conn: Connection) -> Any:
+            row = (conn.execute(select(s.devices).where(s.devices.c.id == device_id))).first()
             return _row(row) if row else None
+        return await self._read(_body)
 
     async def device(self, org_id: str, device_id: str) -> Row | None:
-        async with self.engine.connect() as conn:
+        def _body(conn: Connection) -> Any:
             row = (
-                await conn.execute(
+                conn.execute(
                     select(s.devices).where(s.devices.c.id == device_id, s.devices.c.org_id == org_id)
                 )
             ).first()
             return _row(row) if row else None
+        return await self._read(_body)
 
     async def list_devices(self, org_id: str, limit: int, cursor: str | None) -> list[Row]:
         d = s.devices
         query = select(d).where(d.c.org_id == org_id).order_by(d.c.id).limit(limit)
         if cursor:
             query = query.where(d.c.id > cursor)
-        async with self.engine.connect() as conn:
-            return [_row(r) for r in await conn.execute(query)]
+        def _body(conn: Connection) -> Any:
+            return [_row(r) for r in conn.execute(query)]
+        return await self._read(_body)
 
     async def device_public_keys(self, org_id: str) -> dict[str, str]:
         d = s.devices
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(select(d.c.id, d.c.public_key).where(d.c.org_id == org_id))
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(select(d.c.id, d.c.public_key).where(d.c.org_id == org_id))
             return {r.id: r.public_key for r in rows}
+        return await self._read(_body)
 
     async def spend_device_nonce(self, device_id: str, nonce: str, keep_s: int) -> bool:
         """Remember a token-request nonce; False if it was seen before (a replay)."""
         n = s.device_nonces
         try:
-            async with self._tx() as conn:
-                await conn.execute(delete(n).where(n.c.expires_at < self.now()))
-                await conn.execute(
+            def _body(conn: Connection) -> Any:
+                conn.execute(delete(n).where(n.c.expires_at < self.now()))
+                conn.execute(
                     insert(n).values(device_id=device_id, nonce=nonce, expires_at=self.later(keep_s))
                 )
+            await self._write(_body)
         except IntegrityError:
             return False
         return True
@@ -581,29 +644,32 @@ class Store:
         values: dict[str, Any] = {"last_seen": self.now()}
         if telemetry is not None:
             values["telemetry"] = dict(telemetry)
-        async with self._tx() as conn:
-            await conn.execute(update(s.devices).where(s.devices.c.id == device_id).values(**values))
+        def _body(conn: Connection) -> Any:
+            conn.execute(update(s.devices).where(s.devices.c.id == device_id).values(**values))
+        await self._write(_body)
 
     async def record_presence(self, device: Row, online: bool, reason: str = "") -> None:
-        async with self._tx() as conn:
-            await conn.execute(
+        def _body(conn: Connection) -> Any:
+            conn.execute(
                 update(s.devices).where(s.devices.c.id == device["id"]).values(last_seen=self.now())
             )
-            await self._record_event(
+            self._record_event(
                 conn, device["org_id"], "device.online" if online else "device.offline",
                 {"device_id": device["id"], **({"reason": reason} if reason else {})},
             )
+        await self._write(_body)
 
     async def revoke_device(self, org_id: str, device_id: str, by: str) -> Row:
         d = s.devices
-        async with self._tx() as conn:
-            changed = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            changed = conn.execute(
                 update(d)
                 .where(d.c.id == device_id, d.c.org_id == org_id, d.c.status == "active")
                 .values(status="revoked", revoked_at=self.now())
             )
             if changed.rowcount == 1:
-                await self._record_event(conn, org_id, "device.revoked", {"device_id": device_id, "by": by})
+                self._record_event(conn, org_id, "device.revoked", {"device_id": device_id, "by": by})
+        await self._write(_body)
         device = await self.device(org_id, device_id)
         if device is None:
             raise NotFound("no such device")
@@ -618,35 +684,38 @@ class Store:
         query = select(c).where(c.c.org_id == org_id).order_by(c.c.id.desc()).limit(500)
         if not include_spent:
             query = query.where(c.c.used_at.is_(None), c.c.revoked_at.is_(None), c.c.expires_at > self.now())
-        async with self.engine.connect() as conn:
-            return [_row(r) for r in await conn.execute(query)]
+        def _body(conn: Connection) -> Any:
+            return [_row(r) for r in conn.execute(query)]
+        return await self._read(_body)
 
     async def revoke_enrollment_code(self, org_id: str, code_id: str, by: str) -> Row:
         """Revoke an unused code of the org. Revoking a revoked code changes nothing;
         a used code cannot be revoked (revoke the device instead): :class:`Conflict`."""
         c = s.enrollment_codes
-        async with self._tx() as conn:
-            code = (await conn.execute(select(c).where(c.c.id == code_id, c.c.org_id == org_id))).first()
+        def _body(conn: Connection) -> Any:
+            code = (conn.execute(select(c).where(c.c.id == code_id, c.c.org_id == org_id))).first()
             if code is None:
                 raise NotFound("no such enrollment code")
             if code.used_at is not None:
                 raise Conflict("enrollment code was already used; revoke the device instead")
-            changed = await conn.execute(
+            changed = conn.execute(
                 update(c)
                 .where(c.c.id == code_id, c.c.used_at.is_(None), c.c.revoked_at.is_(None))
                 .values(revoked_at=self.now())
             )
             if changed.rowcount == 1:
-                await self._record_event(conn, org_id, "enrollment_code.revoked", {"code_id": code_id, "by": by})
-            row = (await conn.execute(select(c).where(c.c.id == code_id))).first()
+                self._record_event(conn, org_id, "enrollment_code.revoked", {"code_id": code_id, "by": by})
+            row = (conn.execute(select(c).where(c.c.id == code_id))).first()
             assert row is not None
             return _row(row)
+        return await self._write(_body)
 
     async def device_status(self, device_id: str) -> str | None:
         """``active``/``revoked``, or None if the device is gone: the hub's re-check."""
         d = s.devices
-        async with self.engine.connect() as conn:
-            return (await conn.execute(select(d.c.status).where(d.c.id == device_id))).scalar_one_or_none()
+        def _body(conn: Connection) -> Any:
+            return (conn.execute(select(d.c.status).where(d.c.id == device_id))).scalar_one_or_none()
+        return await self._read(_body)
 
     # -- tasks --------------------------------------------------------------------------
 
@@ -671,22 +740,24 @@ class Store:
             "created_at": now, "updated_at": now, "timeout_s": timeout_s, "expires_at": expires_at,
             "attempts": 0,
         }
-        async with self._tx() as conn:
-            await conn.execute(insert(s.tasks).values(**values))
-            await self._record_event(
+        def _body(conn: Connection) -> Any:
+            conn.execute(insert(s.tasks).values(**values))
+            self._record_event(
                 conn, org_id, "task.created",
                 {"device_id": device_id, "action": action, "status": status, "by": created_by,
                  "risk": risk.get("level")},
                 task_id=task_id,
             )
+        await self._write(_body)
         return values
 
     async def task(self, org_id: str, task_id: str) -> Row | None:
-        async with self.engine.connect() as conn:
+        def _body(conn: Connection) -> Any:
             row = (
-                await conn.execute(select(s.tasks).where(s.tasks.c.id == task_id, s.tasks.c.org_id == org_id))
+                conn.execute(select(s.tasks).where(s.tasks.c.id == task_id, s.tasks.c.org_id == org_id))
             ).first()
             return _row(row) if row else None
+        return await self._read(_body)
 
     async def list_tasks(
         self,
@@ -706,14 +777,15 @@ class Store:
         if cursor:
             query = query.where(t.c.id < cursor)
         query = query.order_by(t.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
-            return [_row(r) for r in await conn.execute(query)]
+        def _body(conn: Connection) -> Any:
+            return [_row(r) for r in conn.execute(query)]
+        return await self._read(_body)
 
     async def deliverable_tasks(self, device_id: str) -> list[Row]:
         """Tasks the device should have: queued or already sent but not yet reported."""
         t = s.tasks
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(
                 select(t)
                 .where(
                     t.c.device_id == device_id,
@@ -723,10 +795,11 @@ class Store:
                 .order_by(t.c.id)
             )
             return [_row(r) for r in rows]
+        return await self._read(_body)
 
-    async def _transition(
+    def _transition(
         self,
-        conn: AsyncConnection,
+        conn: Connection,
         task: Any,
         new_status: str,
         from_statuses: Sequence[str],
@@ -737,50 +810,52 @@ class Store:
         t = s.tasks
         now = self.now()
         values: dict[str, Any] = {"status": new_status, "updated_at": now, **(extra or {})}
-        changed = await conn.execute(
+        changed = conn.execute(
             update(t).where(t.c.id == task.id, t.c.status.in_(tuple(from_statuses))).values(**values)
         )
         if changed.rowcount != 1:
             return False
-        await self._record_event(
+        self._record_event(
             conn, task.org_id, "task.state",
             {"device_id": task.device_id, "from": task.status, "to": new_status, **(event or {})},
             task_id=task.id,
         )
         return True
 
-    async def _task_row(self, conn: AsyncConnection, task_id: str, device_id: str | None = None) -> Any:
+    def _task_row(self, conn: Connection, task_id: str, device_id: str | None = None) -> Any:
         t = s.tasks
         query = select(t).where(t.c.id == task_id)
         if device_id is not None:
             query = query.where(t.c.device_id == device_id)
-        return (await conn.execute(query)).first()
+        return (conn.execute(query)).first()
 
     async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
-        async with self._tx() as conn:
-            task = await self._task_row(conn, task_id, device_id)
+        def _body(conn: Connection) -> Any:
+            task = self._task_row(conn, task_id, device_id)
             if task is None or task.status not in ("queued", "dispatched"):
                 return False
             if task.status == "dispatched":
                 # A redelivery after a reconnect: count it, no state change to audit.
-                await conn.execute(
+                conn.execute(
                     update(s.tasks).where(s.tasks.c.id == task_id).values(attempts=s.tasks.c.attempts + 1)
                 )
                 return True
-            return await self._transition(
+            return self._transition(
                 conn, task, "dispatched", ("queued",),
                 {"dispatched_at": self.now(), "attempts": task.attempts + 1},
             )
+        return await self._write(_body)
 
     async def mark_running(self, device_id: str, task_id: str) -> bool:
-        async with self._tx() as conn:
-            task = await self._task_row(conn, task_id, device_id)
+        def _body(conn: Connection) -> Any:
+            task = self._task_row(conn, task_id, device_id)
             if task is None:
                 return False
-            return await self._transition(
+            return self._transition(
                 conn, task, "running", ("queued", "dispatched"),
                 {"started_at": self.now(), "deadline_at": self.later(task.timeout_s + 30)},
             )
+        return await self._write(_body)
 
     async def store_result(
         self, device_id: str, task_id: str, status: str, result: Mapping[str, Any]
@@ -791,31 +866,33 @@ class Store:
         cannot report on another's tasks. A result for a task already settled
         (cancelled, timed out) is kept as ``result`` but does not change the status.
         """
-        async with self._tx() as conn:
-            task = await self._task_row(conn, task_id, device_id)
+        def _body(conn: Connection) -> Any:
+            task = self._task_row(conn, task_id, device_id)
             if task is None:
                 return "unknown"
             if task.result is not None:
                 return "duplicate"
             extra = {"result": dict(result), "finished_at": result.get("finished_at") or self.now()}
-            moved = await self._transition(
+            moved = self._transition(
                 conn, task, status, ACTIVE_TASK_STATUSES, extra,
                 {"ok": bool(result.get("ok")), "error": result.get("error")},
             )
             if not moved:
-                await conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(result=dict(result)))
+                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(result=dict(result)))
             return "stored"
+        return await self._write(_body)
 
     async def cancel_task(self, org_id: str, task_id: str, by: str) -> Row:
-        async with self._tx() as conn:
-            task = await self._task_row(conn, task_id)
+        def _body(conn: Connection) -> Any:
+            task = self._task_row(conn, task_id)
             if task is None or task.org_id != org_id:
                 raise NotFound("no such task")
-            if not await self._transition(
+            if not self._transition(
                 conn, task, "cancelled", ("created", "awaiting_approval", "approved", *ACTIVE_TASK_STATUSES),
                 {"finished_at": self.now()}, {"by": by},
             ):
                 raise Conflict(f"task is already {task.status}")
+        await self._write(_body)
         row = await self.task(org_id, task_id)
         assert row is not None
         return row
@@ -825,8 +902,8 @@ class Store:
         t = s.tasks
         now = self.now()
         changed: list[Row] = []
-        async with self._tx() as conn:
-            stale = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            stale = conn.execute(
                 select(t).where(
                     or_(
                         and_(t.c.status.in_(("queued", "dispatched", "awaiting_approval", "approved")), t.c.expires_at <= now),
@@ -836,44 +913,49 @@ class Store:
             )
             for task in stale.all():
                 new_status = "timed_out" if task.status == "running" else "expired"
-                if await self._transition(conn, task, new_status, (task.status,), {"finished_at": now}):
+                if self._transition(conn, task, new_status, (task.status,), {"finished_at": now}):
                     changed.append({"id": task.id, "org_id": task.org_id, "device_id": task.device_id, "status": new_status})
+        await self._write(_body)
         return changed
 
     async def task_counts(self, org_id: str) -> dict[str, int]:
         t = s.tasks
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
+        def _body(conn: Connection) -> Any:
+            rows = conn.execute(
                 select(t.c.status, func.count()).where(t.c.org_id == org_id).group_by(t.c.status)
             )
             return {r[0]: r[1] for r in rows}
+        return await self._read(_body)
 
     # -- audit chain heads ------------------------------------------------------------
 
     async def audit_head(self, chain_id: str) -> ChainHead | None:
         h = s.audit_heads
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(select(h).where(h.c.chain_id == chain_id))).first()
+        def _body(conn: Connection) -> Any:
+            row = (conn.execute(select(h).where(h.c.chain_id == chain_id))).first()
             return ChainHead(row.seq, row.hash) if row else None
+        return await self._read(_body)
 
     async def advance_audit_head(
         self, chain_id: str, org_id: str, old: ChainHead | None, new: ChainHead
     ) -> bool:
         """Compare-and-set the stored head: False if someone else moved it first."""
         h = s.audit_heads
-        if old is None:
-            try:
-                async with self._tx() as conn:
-                    await conn.execute(
-                        insert(h).values(chain_id=chain_id, org_id=org_id, seq=new.seq, hash=new.hash, updated_at=self.now())
-                    )
-            except IntegrityError:
-                return False
-            return True
-        async with self._tx() as conn:
-            moved = await conn.execute(
+
+        def _body(conn: Connection) -> bool:
+            if old is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(h).values(
+                            chain_id=chain_id, org_id=org_id, seq=new.seq, hash=new.hash, updated_at=self.now()
+                        ))
+                except IntegrityError:
+                    return False
+                return True
+            moved = conn.execute(
                 update(h)
                 .where(h.c.chain_id == chain_id, h.c.seq == old.seq, h.c.hash == old.hash)
                 .values(seq=new.seq, hash=new.hash, updated_at=self.now())
             )
             return moved.rowcount == 1
+        return await self._write(_body)

@@ -27,7 +27,7 @@ TEST_ENV = {
     "COACT_LOG_LEVEL": "INFO",
 }
 PASSWORD = "correct horse battery staple"
-PG_URL = os.environ.get("COACT_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get("COACT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 def free_port() -> int:
@@ -153,7 +153,7 @@ class Relay(Process):
     def __init__(self, data_dir: Path, *, database_url: str | None = None, audit_url: str | None = None,
                  env: Mapping[str, str] | None = None, port: int | None = None) -> None:
         self.data_dir = data_dir
-        self.database_url = database_url or f"sqlite+aiosqlite:///{data_dir.resolve() / 'relay.db'}"
+        self.database_url = database_url or f"sqlite:///{data_dir.resolve() / 'relay.db'}"
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = ["relay", "serve", "--data-dir", str(data_dir), "--port", str(self.port)]

@@ -8,15 +8,15 @@ without having run them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+import psycopg
 import pytest
 from harness import PG_URL, Relay
 
@@ -27,35 +27,32 @@ def _with_user_and_db(url: str, user: str, database: str) -> str:
     return urlunsplit((parts.scheme, f"{user}@{host}", f"/{database}", "", ""))
 
 
-async def _admin_connection() -> tuple[asyncpg.Connection, str]:
-    """Connect to the maintenance database as ``postgres``, else as ``root``."""
-    base = PG_URL.replace("postgresql+asyncpg://", "postgresql://", 1)
+def _admin_connection() -> tuple[psycopg.Connection[Any], str]:
+    """Connect (autocommit) to the maintenance database as ``postgres``, else as ``root``."""
+    base = PG_URL.replace("postgresql+psycopg://", "postgresql://", 1).replace("postgresql+asyncpg://", "postgresql://", 1)
     errors = []
     for user in ("postgres", "root"):
         try:
-            conn = await asyncpg.connect(_with_user_and_db(base, user, urlsplit(base).path.lstrip("/")), timeout=5)
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            conn = psycopg.connect(_with_user_and_db(base, user, urlsplit(base).path.lstrip("/")),
+                                   connect_timeout=5, autocommit=True)
+        except psycopg.Error as exc:
             errors.append(f"{user}: {exc!r}")
             continue
         return conn, user
     raise ConnectionError("; ".join(errors))
 
 
-async def _create_database(name: str) -> str:
-    conn, user = await _admin_connection()
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+def _create_database(name: str) -> str:
+    conn, user = _admin_connection()
+    with conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
     return user
 
 
-async def _drop_database(name: str) -> None:
-    conn, _user = await _admin_connection()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+def _drop_database(name: str) -> None:
+    conn, _user = _admin_connection()
+    with conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
@@ -63,7 +60,7 @@ def fresh_pg_database() -> Iterator[str]:
     """Create a ``coact_t_<random>`` database; yield its SQLAlchemy URL; drop it."""
     name = f"coact_t_{secrets.token_hex(6)}"
     try:
-        user = asyncio.run(_create_database(name))
+        user = _create_database(name)
     except ConnectionError as exc:
         reason = f"PostgreSQL at {PG_URL} is unreachable ({exc})"
         if os.environ.get("CI") == "true":
@@ -72,7 +69,7 @@ def fresh_pg_database() -> Iterator[str]:
     try:
         yield _with_user_and_db(PG_URL, user, name)
     finally:
-        asyncio.run(_drop_database(name))
+        _drop_database(name)
 
 
 BACKENDS = [

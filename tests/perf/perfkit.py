@@ -361,20 +361,17 @@ def create_pg_database() -> tuple[str, Callable[[], None]]:
     """A fresh database on the test PostgreSQL server; returns its URL and a dropper."""
     import secrets
 
-    import asyncpg
+    import psycopg
 
     name = f"coact_bench_{secrets.token_hex(4)}"
 
-    async def run(sql: str) -> None:
-        conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
+    def run(sql: str) -> None:
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/test", autocommit=True) as conn:
+            conn.execute(sql)
 
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
+    run(f'CREATE DATABASE "{name}"')
 
     def drop() -> None:
-        asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}", drop
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", drop

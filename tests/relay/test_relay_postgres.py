@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import asyncpg
 import pytest
 from harness import Agent, Api, Relay, wait_for, wait_online, wait_task
+from sqlalchemy import text
 
+from coact.relay.storage import open_engine
 from coact.shared.chain import GENESIS, verify_chain
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -86,15 +86,16 @@ def test_file_write_through_a_relay_on_postgres(pg_relay: Relay, pg_database_url
     listed = admin.ok("GET", f"/api/v1/tasks?device_id={device_id}")["items"]
     assert [t["id"] for t in listed] == [task["id"]]
     # The relay's state really lives in PostgreSQL, not in a SQLite file beside it.
-    assert asyncio.run(pg_task_status(pg_database_url, task["id"])) == "succeeded"
+    assert pg_task_status(pg_database_url, task["id"]) == "succeeded"
     assert not (pg_relay.data_dir / "relay.db").exists()
     assert pg_relay.running, pg_relay.log()[-4000:]
 
 
-async def pg_task_status(url: str, task_id: str) -> str | None:
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+def pg_task_status(url: str, task_id: str) -> str | None:
+    engine = open_engine(url)
     try:
-        status: str | None = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
-        return status
+        with engine.connect() as conn:
+            status: str | None = conn.execute(text("SELECT status FROM tasks WHERE id = :t"), {"t": task_id}).scalar()
+            return status
     finally:
-        await conn.close()
+        engine.dispose()

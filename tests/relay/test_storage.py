@@ -41,7 +41,7 @@ BACKENDS = [
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+        return f"sqlite:///{tmp_path / 'relay.db'}"
     url: str = request.getfixturevalue("pg_database_url")
     return url
 
@@ -101,8 +101,11 @@ async def kinds(store: Store, org_id: str) -> list[str]:
 
 
 async def count(store: Store, table: Any, *where: Any) -> int:
-    async with store.engine.connect() as conn:
-        return int((await conn.execute(select(func.count()).select_from(table).where(*where))).scalar_one())
+    def read() -> int:
+        with store.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one())
+
+    return await asyncio.to_thread(read)
 
 
 # -- migrations ------------------------------------------------------------------------
@@ -112,9 +115,9 @@ async def test_migrations_are_idempotent(database_url: str, clock: FakeClock) ->
     first = await open_store(database_url, clock)
     second = await open_store(database_url, clock)
     try:
-        assert await migrate(second.engine) == []
-        async with second.engine.connect() as conn:
-            rows = (await conn.execute(select(schema.schema_migrations))).all()
+        assert await asyncio.to_thread(migrate, second.engine) == []
+        with second.engine.connect() as conn:
+            rows = conn.execute(select(schema.schema_migrations)).all()
         assert [(r.version, r.name) for r in rows] == [(v, name) for v, name, _ in MIGRATIONS]
         user = await new_org(first)
         assert await second.user_by_id(user["org_id"], user["id"]) == user
@@ -126,7 +129,7 @@ async def test_migrations_are_idempotent(database_url: str, clock: FakeClock) ->
 @pytest.fixture(params=BACKENDS)
 def empty_database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
     if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return f"sqlite:///{tmp_path / 'empty.db'}"
     url: str = request.getfixturevalue("pg_fresh_database_url")
     return url
 
@@ -135,14 +138,14 @@ async def test_relays_starting_together_migrate_once(empty_database_url: str) ->
     # Several relays (or a relay and a CLI command) may open an empty database at once.
     engines = [open_engine(empty_database_url) for _ in range(4)]
     try:
-        applied = await asyncio.gather(*(migrate(engine) for engine in engines))
+        applied = await asyncio.gather(*(asyncio.to_thread(migrate, engine) for engine in engines))
         assert sorted(applied) == [[], [], [], [v for v, _, _ in MIGRATIONS]]
-        async with engines[0].connect() as conn:
-            versions = (await conn.execute(select(schema.schema_migrations.c.version))).scalars().all()
+        with engines[0].connect() as conn:
+            versions = conn.execute(select(schema.schema_migrations.c.version)).scalars().all()
         assert versions == [v for v, _, _ in MIGRATIONS]
     finally:
         for engine in engines:
-            await engine.dispose()
+            engine.dispose()
 
 
 # -- orgs and users --------------------------------------------------------------------
@@ -703,10 +706,10 @@ async def test_migration_2_adds_used_from_to_a_version_1_database(database_url: 
     # A database made by the first release lacks refresh_tokens.used_from.
     opened = await open_store(database_url, clock)
     try:
-        async with opened.engine.begin() as conn:
-            await conn.exec_driver_sql("ALTER TABLE refresh_tokens DROP COLUMN used_from")
-            await conn.execute(schema.schema_migrations.delete().where(schema.schema_migrations.c.version >= 2))
-        assert 2 in await migrate(opened.engine)
+        with opened.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE refresh_tokens DROP COLUMN used_from")
+            conn.execute(schema.schema_migrations.delete().where(schema.schema_migrations.c.version >= 2))
+        assert 2 in await asyncio.to_thread(migrate, opened.engine)
         user = await new_org(opened)
         token = secrets.token_hex(32)
         await opened.issue_refresh_token(user, token, ttl_s=3600)

@@ -8,7 +8,6 @@ per-address limit is told apart from the per-account one.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import sqlite3
@@ -19,10 +18,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 from harness import PASSWORD, Relay
 from pg import BACKENDS, fresh_pg_database, relay_on
+from sqlalchemy import text
+
+from coact.relay.storage import open_engine
 
 LIMITS = {"COACT_LOGIN_MAX_FAILURES": "3", "COACT_LOGIN_MAX_PER_ADDRESS": "6", "COACT_LOGIN_WINDOW_S": "900"}
 
@@ -121,15 +122,13 @@ def stored_hash(backend: str, data_dir: Path, database_url: str | None, email: s
         with sqlite3.connect(data_dir / "relay.db") as db:
             return str(db.execute("SELECT password_hash FROM users WHERE email = ?", (email,)).fetchone()[0])
 
-    async def read() -> str:
-        assert database_url is not None
-        conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
-        try:
-            return str(await conn.fetchval("SELECT password_hash FROM users WHERE email = $1", email))
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
+    assert database_url is not None
+    engine = open_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT password_hash FROM users WHERE email = :e"), {"e": email}).scalar_one())
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
