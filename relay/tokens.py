@@ -52,6 +52,7 @@ TokenKind = Literal["user", "device"]
 # let an expired token live noticeably longer.
 CLOCK_LEEWAY = timedelta(seconds=30)
 # Our tokens are a few hundred bytes; refusing big input early bounds parsing work.
+VERIFIED_CACHE_SIZE = 4096
 MAX_TOKEN_CHARS = 4096
 
 _TYP = {"user": USER_ACCESS, "device": DEVICE_ACCESS}
@@ -109,6 +110,10 @@ class TokenIssuer:
         self._issuer = issuer
         self._clock = clock
         self._ttl: dict[TokenKind, timedelta] = {"user": user_ttl, "device": device_ttl}
+        # Payloads whose header and signature already verified, so a client polling
+        # with one token pays for Ed25519 once, not per request. The claims (expiry,
+        # not-before, kind) are still checked against the clock on every call.
+        self._verified: dict[tuple[str, TokenKind], tuple[str, dict[str, Any]]] = {}
 
     # -- issuing --------------------------------------------------------------------
 
@@ -169,6 +174,9 @@ class TokenIssuer:
             raise TokenError("malformed", "token is missing")
         if len(token) > MAX_TOKEN_CHARS:
             raise TokenError("malformed", "token is too long")
+        cached = self._verified.get((token, kind))
+        if cached is not None and self._keyring.verification_key(cached[0]) is not None:
+            return self._check_claims(cached[1], kind)
 
         public_key = self._check_header(token, kind)
         try:
@@ -201,7 +209,11 @@ class TokenIssuer:
             raise TokenError("malformed", "token is malformed") from exc
         except jwt.InvalidTokenError as exc:
             raise TokenError("invalid", f"token is invalid: {exc}") from exc
-        return self._check_claims(payload, kind)
+        claims = self._check_claims(payload, kind)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[(token, kind)] = (str(_unverified_header(token)["kid"]), payload)
+        return claims
 
     def _check_header(self, token: str, kind: TokenKind) -> Ed25519PublicKey:
         header = _unverified_header(token)

@@ -507,3 +507,16 @@ def test_malformed_enrollment_code_gets_a_clear_message(typed: str, message: str
     with pytest.raises(TokenError, match=message) as info:
         hash_enrollment_code(typed)
     assert info.value.reason == "malformed"
+
+
+def test_a_token_verified_before_still_expires_and_keeps_its_kind(issuer: TokenIssuer, clock: FakeClock) -> None:
+    token, _ = issuer.issue_user_token("usr_1", "org_1", "admin")
+    assert issuer.verify(token, "user").subject == "usr_1"
+    assert issuer.verify(token, "user").subject == "usr_1"  # served from the verified cache
+    with pytest.raises(TokenError) as wrong_kind:
+        issuer.verify(token, "device")
+    assert wrong_kind.value.reason == "wrong_type"
+    clock.advance(timedelta(minutes=6))
+    with pytest.raises(TokenError) as expired:
+        issuer.verify(token, "user")
+    assert expired.value.reason == "expired"
