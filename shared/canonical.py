@@ -7,6 +7,7 @@ relay and ``coact audit verify`` compute identical digests from the same data.
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import rfc8785
@@ -26,6 +27,11 @@ def canonical_json(value: Any) -> bytes:
     an int. Such an int, spelled exactly as JCS spells a double, is accepted so that
     canonical output stays canonicalisable after a parse.
     """
+    if _plain(value):
+        try:
+            return _PLAIN_ENCODER.encode(value).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let rfc8785 give its precise error
     try:
         try:
             return rfc8785.dumps(value)
@@ -37,6 +43,26 @@ def canonical_json(value: Any) -> bytes:
         # ValueError: rfc8785 puts an int's digits in its message, and str() refuses
         # ints of more than 4300 digits.
         raise CanonicalizationError(f"not JSON-serialisable: {exc}") from exc
+
+
+# For values without floats, with ASCII keys and safe ints, the standard library's C
+# encoder already writes RFC 8785: sorted keys (ASCII order is UTF-16 order),
+# no whitespace, the same minimal string escapes, plain integer digits. Audit records
+# are such values, and this path is several times faster than the general one.
+_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                                  allow_nan=False, check_circular=False)
+
+
+def _plain(value: Any) -> bool:
+    if value is None or value is True or value is False or isinstance(value, str):
+        return True
+    if type(value) is int:
+        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
+    if type(value) is dict:
+        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
+    if type(value) is list:
+        return all(_plain(item) for item in value)
+    return False  # floats, tuples, subclasses, anything else: the general path decides
 
 
 def sha256_hex(data: bytes) -> str:

@@ -9,6 +9,7 @@ import struct
 from typing import Any
 
 import pytest
+import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -239,3 +240,27 @@ def test_key_order_does_not_matter(value: dict[str, Any], rnd: Any) -> None:
     items = list(value.items())
     rnd.shuffle(items)
     assert canonical_json(dict(items)) == canonical_json(value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_fast_path_agrees_with_the_reference_implementation(value: object) -> None:
+    try:
+        expected = rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+        with pytest.raises(CanonicalizationError):
+            canonical_json(value)
+        return
+    assert canonical_json(value) == expected
+
+
+def test_fast_path_escapes_like_jcs() -> None:
+    value = {"b": "\u0000\x1f\"\\\n\u2028\u007fé😀", "a": [1, True, None, -(2**53) + 1]}
+    assert canonical_json(value) == rfc8785.dumps(value)
