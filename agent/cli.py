@@ -87,6 +87,12 @@ def enroll(relay_url: str, code: str, name: str | None, data_dir: Path, output: 
 @click.option("--log-level", default="INFO", show_default=True)
 def run(data_dir: Path, log_level: str) -> None:
     """Run the agent in the foreground until interrupted (SIGINT/SIGTERM)."""
+    # sqlite-utils imports pandas and numpy whenever they are installed (the relay's
+    # ClickHouse client brings them into a full install). The agent never uses them,
+    # and they would cost it ~90 MB of resident memory; in this process only, mark
+    # them absent before anything imports them.
+    for optional in ("pandas", "numpy"):
+        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]
     from coact.agent.runtime import Agent
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -89,6 +89,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         loops = [
             asyncio.create_task(audit.run_forwarder(settings.audit_flush_interval_s), name="audit-forwarder"),
             asyncio.create_task(_sweeper(svc), name="task-sweeper"),
+            asyncio.create_task(svc.hub.run_watch(), name="relay-watch"),
         ]
         try:
             yield

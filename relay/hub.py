@@ -61,7 +61,9 @@ MAX_PROTOCOL_ERRORS = 5
 MAX_TELEMETRY_BYTES = 16 * 1024
 # How often a session re-reads its device's status, so that a revocation made through
 # another relay process (which cannot reach this socket) still ends it.
-REVOCATION_CHECK_S = 5.0
+# How often the relay-wide watch looks for revocations and tasks that other relay
+# processes made, and writes the heartbeats it collected.
+WATCH_INTERVAL_S = 5.0
 
 # The authorization rule of every agent -> relay message type: who may send it, and
 # what it may touch. tests/security/test_route_access.py fails if a type has none.
@@ -102,6 +104,8 @@ class Hub:
         self.events = events
         self.settings = settings
         self.sessions: dict[str, Session] = {}
+        # Heartbeats are recorded in one write per watch interval, not one each.
+        self._seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
 
     def is_online(self, device_id: str) -> bool:
         return device_id in self.sessions
@@ -161,6 +165,7 @@ class Hub:
         finally:
             if self.sessions.get(session.device_id) is session:
                 del self.sessions[session.device_id]
+                self._seen.pop(session.device_id, None)
                 await self.store.record_presence(device, online=False, reason=str(ws.close_code))
                 self.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": False})
             if not ws.closed:
@@ -225,9 +230,7 @@ class Hub:
             case Heartbeat(telemetry=telemetry):
                 if len(json.dumps(telemetry)) > MAX_TELEMETRY_BYTES:
                     raise ProtocolError(f"telemetry exceeds {MAX_TELEMETRY_BYTES} bytes")
-                if not await self._still_active(session):
-                    return
-                await store.touch_device(device_id, telemetry)
+                self._seen[device_id] = (store.now(), telemetry)
             case TaskReceived(task_id=task_id):
                 if await store.mark_running(device_id, task_id):
                     self._publish_task(session, task_id, "running")
@@ -278,26 +281,39 @@ class Hub:
             session.device["org_id"], "task", {"task_id": task_id, "device_id": session.device_id, "status": status}
         )
 
-    async def _still_active(self, session: Session) -> bool:
-        """Re-read the device's status; close a revoked (or deleted) device's session.
-
-        The revoking relay closes sockets it holds itself; this catches the sessions
-        held by every other relay process sharing the database.
-        """
-        status = await self.store.device_status(session.device_id)
-        if status == "active":
-            return True
-        log.warning("device %s is %s; closing its session", session.device_id, status or "gone")
+    async def _close_revoked(self, session: Session) -> None:
+        log.warning("device %s was revoked; closing its session", session.device_id)
         with contextlib.suppress(Exception):
             await session.send(Error(code="revoked", detail="device revoked by an admin"))
         await session.ws.close(code=CLOSE_REVOKED, message=b"device revoked")
-        return False
+
+    async def run_watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """One loop per relay process, whatever the fleet size: every interval, one
+        query finds devices revoked (by any relay) and closes their sessions here, one
+        finds tasks queued by other relays and nudges their sessions, and one write
+        records the heartbeats collected since the last round."""
+        since = self.store.now()
+        while True:
+            await asyncio.sleep(interval_s)
+            # Overlap the windows a little: a row committed just before `now` but
+            # stamped earlier must not fall between two rounds.
+            now, window_start = self.store.now(), self.store.earlier(since, interval_s)
+            try:
+                for device_id in await self.store.revoked_since(window_start):
+                    session = self.sessions.get(device_id)
+                    if session is not None:
+                        await self._close_revoked(session)
+                for device_id in await self.store.devices_with_new_tasks(window_start):
+                    self.nudge(device_id)
+                seen, self._seen = self._seen, {}
+                await self.store.touch_devices(seen)
+            except Exception:
+                log.exception("relay watch round failed; will retry")
+            since = now
 
     async def _deliver_loop(self, session: Session) -> None:
         store = self.store
         while True:
-            if not await self._still_active(session):
-                return
             for task in await store.deliverable_tasks(session.device_id):
                 if task["id"] in session.sent:
                     continue
@@ -308,8 +324,7 @@ class Hub:
                         timeout_s=task["timeout_s"], expires_at=task["expires_at"],
                     )
                     await session.send(TaskMessage(task=spec))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.wake.wait(), REVOCATION_CHECK_S)
+            await session.wake.wait()
             session.wake.clear()
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -33,7 +34,7 @@ from coact.relay.errors import Conflict, Gone, NotFound
 from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
 from coact.relay.ids import new_id
 from coact.shared.chain import GENESIS, ChainHead, make_record
-from coact.shared.clock import Clock, to_rfc3339
+from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
 
 Row = dict[str, Any]
 T = TypeVar("T")
@@ -131,6 +132,10 @@ class Store:
 
     def later(self, seconds: float) -> str:
         return to_rfc3339(self.clock.now() + timedelta(seconds=seconds))
+
+    @staticmethod
+    def earlier(moment: str, seconds: float) -> str:
+        return to_rfc3339(from_rfc3339(moment) - timedelta(seconds=seconds))
 
     async def _write(self, body: Callable[[Connection], T]) -> T:
         """Run ``body`` as one atomic write; return once committed."""
@@ -641,12 +646,46 @@ class Store:
         return True
 
     async def touch_device(self, device_id: str, telemetry: Mapping[str, Any] | None) -> None:
-        values: dict[str, Any] = {"last_seen": self.now()}
-        if telemetry is not None:
-            values["telemetry"] = dict(telemetry)
-        def _body(conn: Connection) -> Any:
-            conn.execute(update(s.devices).where(s.devices.c.id == device_id).values(**values))
+        await self.touch_devices({device_id: (self.now(), telemetry)})
+
+    async def touch_devices(self, seen: Mapping[str, tuple[str, Mapping[str, Any] | None]]) -> None:
+        """Record ``last_seen`` (and telemetry) of many devices in one write."""
+        if not seen:
+            return
+        d = s.devices
+        with_telemetry = [
+            {"key": device_id, "last_seen": at, "telemetry": dict(telemetry)}
+            for device_id, (at, telemetry) in seen.items() if telemetry is not None
+        ]
+        without = [{"key": device_id, "last_seen": at} for device_id, (at, telemetry) in seen.items() if telemetry is None]
+
+        def _body(conn: Connection) -> None:
+            if with_telemetry:
+                conn.execute(update(d).where(d.c.id == bindparam("key"))
+                             .values(last_seen=bindparam("last_seen"), telemetry=bindparam("telemetry")),
+                             with_telemetry)
+            if without:
+                conn.execute(update(d).where(d.c.id == bindparam("key")).values(last_seen=bindparam("last_seen")),
+                             without)
         await self._write(_body)
+
+    async def revoked_since(self, since: str) -> list[str]:
+        """Devices revoked at or after ``since`` (the hub closes their sessions)."""
+        d = s.devices
+
+        def _body(conn: Connection) -> list[str]:
+            return list(conn.execute(select(d.c.id).where(d.c.revoked_at >= since)).scalars())
+        return await self._read(_body)
+
+    async def devices_with_new_tasks(self, since: str) -> list[str]:
+        """Devices with tasks queued at or after ``since``, wherever they were created."""
+        t = s.tasks
+
+        def _body(conn: Connection) -> list[str]:
+            return list(conn.execute(
+                select(t.c.device_id).where(t.c.status == "queued", t.c.created_at >= since).distinct()
+            ).scalars())
+        return await self._read(_body)
 
     async def record_presence(self, device: Row, online: bool, reason: str = "") -> None:
         def _body(conn: Connection) -> Any:
@@ -709,13 +748,6 @@ class Store:
             assert row is not None
             return _row(row)
         return await self._write(_body)
-
-    async def device_status(self, device_id: str) -> str | None:
-        """``active``/``revoked``, or None if the device is gone: the hub's re-check."""
-        d = s.devices
-        def _body(conn: Connection) -> Any:
-            return (conn.execute(select(d.c.status).where(d.c.id == device_id))).scalar_one_or_none()
-        return await self._read(_body)
 
     # -- tasks --------------------------------------------------------------------------
 

@@ -417,6 +417,41 @@ async def test_presence_and_touch(store: Store, clock: FakeClock) -> None:
     ]
 
 
+async def test_heartbeats_of_many_devices_in_one_write(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    one = await new_device(store, user["org_id"])
+    two = await new_device(store, user["org_id"])
+    clock.advance(5)
+    at = store.now()
+    await store.touch_devices({one["id"]: (at, {"load_1m": 0.5}), two["id"]: (at, None)})
+    first = await store.device(user["org_id"], one["id"])
+    second = await store.device(user["org_id"], two["id"])
+    assert first is not None and second is not None
+    assert (first["last_seen"], first["telemetry"]) == (at, {"load_1m": 0.5})
+    assert (second["last_seen"], second["telemetry"]) == (at, None)
+
+
+async def test_watch_queries_find_revocations_and_new_tasks(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    kept = await new_device(store, user["org_id"])
+    revoked = await new_device(store, user["org_id"])
+    clock.advance(10)
+    since = store.now()
+    assert await store.revoked_since(since) == []
+    await store.revoke_device(user["org_id"], revoked["id"], user["id"])
+    assert await store.revoked_since(since) == [revoked["id"]]
+    clock.advance(10)
+    assert await store.revoked_since(store.now()) == []
+    since = store.now()
+    await store.create_task(
+        org_id=user["org_id"], device_id=kept["id"], action="file.stat", params={"path": "/"},
+        risk={"level": "low"}, status="queued", created_by=user["id"], timeout_s=5, expires_at=store.later(60),
+    )
+    assert await store.devices_with_new_tasks(since) == [kept["id"]]
+    clock.advance(10)
+    assert await store.devices_with_new_tasks(store.now()) == []
+
+
 # -- tasks -----------------------------------------------------------------------------
 
 
