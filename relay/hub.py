@@ -64,6 +64,8 @@ MAX_TELEMETRY_BYTES = 16 * 1024
 # How often the relay-wide watch looks for revocations and tasks that other relay
 # processes made, and writes the heartbeats it collected.
 WATCH_INTERVAL_S = 5.0
+# Tasks read and marked per delivery round (one read, one write).
+DELIVERY_ROUND = 200
 
 # The authorization rule of every agent -> relay message type: who may send it, and
 # what it may touch. tests/security/test_route_access.py fails if a type has none.
@@ -82,7 +84,6 @@ class Session:
     device: Row
     ws: web.WebSocketResponse
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    sent: set[str] = field(default_factory=set)  # task ids delivered on this session
     # Audit batches are verified and stored beside the receive loop, so results and
     # heartbeats never wait for ClickHouse; the protocol allows one batch in flight.
     group: asyncio.TaskGroup | None = None
@@ -313,17 +314,20 @@ class Hub:
 
     async def _deliver_loop(self, session: Session) -> None:
         store = self.store
+        redeliver = True  # the first round resends what an earlier session sent unanswered
         while True:
-            for task in await store.deliverable_tasks(session.device_id):
-                if task["id"] in session.sent:
-                    continue
-                if await store.mark_dispatched(session.device_id, task["id"]):
-                    session.sent.add(task["id"])
-                    spec = TaskSpec(
-                        id=task["id"], action=task["action"], params=task["params"],
-                        timeout_s=task["timeout_s"], expires_at=task["expires_at"],
-                    )
-                    await session.send(TaskMessage(task=spec))
+            found = await store.deliverable_tasks(session.device_id, redeliver=redeliver, limit=DELIVERY_ROUND)
+            redeliver = False
+            tasks = {t["id"]: t for t in found}
+            for task_id in await store.mark_dispatched_many(session.device_id, list(tasks)):
+                task = tasks[task_id]
+                spec = TaskSpec(
+                    id=task_id, action=task["action"], params=task["params"],
+                    timeout_s=task["timeout_s"], expires_at=task["expires_at"],
+                )
+                await session.send(TaskMessage(task=spec))
+            if len(found) == DELIVERY_ROUND:
+                continue  # more are waiting
             await session.wake.wait()
             session.wake.clear()
 

@@ -813,18 +813,18 @@ class Store:
             return [_row(r) for r in conn.execute(query)]
         return await self._read(_body)
 
-    async def deliverable_tasks(self, device_id: str) -> list[Row]:
-        """Tasks the device should have: queued or already sent but not yet reported."""
+    async def deliverable_tasks(self, device_id: str, *, redeliver: bool = True, limit: int = 500) -> list[Row]:
+        """Tasks the device should get, oldest first: queued ones, and with ``redeliver``
+        (a new session) also those sent before but not yet reported."""
         t = s.tasks
+        statuses = ("queued", "dispatched") if redeliver else ("queued",)
+
         def _body(conn: Connection) -> Any:
             rows = conn.execute(
                 select(t)
-                .where(
-                    t.c.device_id == device_id,
-                    t.c.status.in_(("queued", "dispatched")),
-                    t.c.expires_at > self.now(),
-                )
+                .where(t.c.device_id == device_id, t.c.status.in_(statuses), t.c.expires_at > self.now())
                 .order_by(t.c.id)
+                .limit(limit)
             )
             return [_row(r) for r in rows]
         return await self._read(_body)
@@ -862,20 +862,29 @@ class Store:
         return (conn.execute(query)).first()
 
     async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
-        def _body(conn: Connection) -> Any:
-            task = self._task_row(conn, task_id, device_id)
-            if task is None or task.status not in ("queued", "dispatched"):
-                return False
-            if task.status == "dispatched":
-                # A redelivery after a reconnect: count it, no state change to audit.
-                conn.execute(
-                    update(s.tasks).where(s.tasks.c.id == task_id).values(attempts=s.tasks.c.attempts + 1)
-                )
-                return True
-            return self._transition(
-                conn, task, "dispatched", ("queued",),
-                {"dispatched_at": self.now(), "attempts": task.attempts + 1},
-            )
+        return task_id in await self.mark_dispatched_many(device_id, [task_id])
+
+    async def mark_dispatched_many(self, device_id: str, task_ids: Sequence[str]) -> list[str]:
+        """Record that these tasks of the device are being sent (one write); return
+        the ids that may be sent: still queued, or sent before and not yet reported."""
+        def _body(conn: Connection) -> list[str]:
+            sendable = []
+            for task_id in task_ids:
+                task = self._task_row(conn, task_id, device_id)
+                if task is None or task.status not in ("queued", "dispatched"):
+                    continue
+                if task.status == "dispatched":
+                    # A redelivery after a reconnect: count it, no state change to audit.
+                    conn.execute(
+                        update(s.tasks).where(s.tasks.c.id == task_id).values(attempts=s.tasks.c.attempts + 1)
+                    )
+                    sendable.append(task_id)
+                elif self._transition(
+                    conn, task, "dispatched", ("queued",),
+                    {"dispatched_at": self.now(), "attempts": task.attempts + 1},
+                ):
+                    sendable.append(task_id)
+            return sendable
         return await self._write(_body)
 
     async def mark_running(self, device_id: str, task_id: str) -> bool:
