@@ -17,7 +17,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -298,7 +298,8 @@ class Agent:
                 continue
             last = records[-1]
             signature = sign_batch(self.key, device_id, ChainHead(last["seq"], last["hash"]))
-            batch = AuditBatch(records=[AuditRecord(**r) for r in records], signature=signature)
+            # The model validates the records as it is built: the outbox rows are AuditRecords.
+            batch = AuditBatch(records=cast(list[AuditRecord], records), signature=signature)
             await link.ws.send(encode(batch))
             try:
                 reply = await asyncio.wait_for(link.audit_reply.get(), self.options.audit_ack_timeout_s)

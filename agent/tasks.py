@@ -54,24 +54,28 @@ class TaskRunner:
     async def settle_interrupted(self) -> None:
         """Tasks a crash left mid-run are reported failed: running them again could act twice."""
         for task_id in await asyncio.to_thread(self.store.interrupted_tasks):
-            await self._finish(task_id, self._result(
-                task_id, "failed", None, "interrupted: the agent stopped while this task ran; it is not run again",
-                None,
-            ))
+            await self._settle_interrupted(task_id)
+
+    async def _settle_interrupted(self, task_id: str) -> dict[str, Any]:
+        return await self._finish(task_id, self._result(
+            task_id, "failed", None, "interrupted: the agent stopped while this task ran; it is not run again", None,
+        ))
 
     async def handle(self, spec: TaskSpec) -> dict[str, Any] | None:
         """Run ``spec`` unless it ran before; return the result to send, or None to send nothing."""
         if spec.id in self.running:
             return None  # a redelivery while it runs: the result will follow
-        state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.model_dump())
-        if state == "done":
-            await self.audit("task.redelivered", {"action": spec.action}, spec.id)
-            return await asyncio.to_thread(self.store.task_result, spec.id)
-        if state == "running":
-            await self.settle_interrupted()
-            return await asyncio.to_thread(self.store.task_result, spec.id)
+        # Claimed before the first await: a redelivery arriving meanwhile (a new
+        # session after a relay restart) must see it as running, not as left over.
         self.running.add(spec.id)
         try:
+            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.model_dump())
+            if state == "done":
+                await self.audit("task.redelivered", {"action": spec.action}, spec.id)
+                return await asyncio.to_thread(self.store.task_result, spec.id)
+            if state == "running":
+                # Journaled by an earlier process that died before finishing it.
+                return await self._settle_interrupted(spec.id)
             return await self._run(spec)
         finally:
             self.running.discard(spec.id)

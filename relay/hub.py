@@ -243,7 +243,7 @@ class Hub:
                     return
                 assert session.group is not None
                 session.ingesting = session.group.create_task(
-                    self._ingest(session, [r.model_dump() for r in records], signature)
+                    self._ingest(session, [dict(r) for r in records], signature)
                 )
             case Error(code=code, detail=detail):
                 log.info("device %s reports %s: %s", device_id, code, detail)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from coact.shared.canonical import canonical_json
 from coact.shared.errors import ProtocolError
@@ -66,16 +67,19 @@ class TaskSpec(BaseModel):
     expires_at: str | None = None
 
 
-class AuditRecord(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    device_id: str = Field(max_length=64)
-    seq: int = Field(ge=1)
-    ts: str = Field(max_length=40)
-    kind: str = Field(max_length=64)
-    task_id: str | None = Field(default=None, max_length=64)
+class AuditRecord(TypedDict):
+    """One audit record on the wire. A TypedDict, not a model: batches carry up to a
+    thousand, and the relay hashes and stores them as the plain dicts they parse to."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    device_id: Annotated[str, Field(max_length=64)]
+    seq: Annotated[int, Field(ge=1)]
+    ts: Annotated[str, Field(max_length=40)]
+    kind: Annotated[str, Field(max_length=64)]
+    task_id: Annotated[str | None, Field(max_length=64)]
     data: dict[str, Any]
-    prev_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
-    hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prev_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Challenge(_Message):

@@ -426,7 +426,8 @@ async def test_heartbeats_of_many_devices_in_one_write(store: Store, clock: Fake
     await store.touch_devices({one["id"]: (at, {"load_1m": 0.5}), two["id"]: (at, None)})
     first = await store.device(user["org_id"], one["id"])
     second = await store.device(user["org_id"], two["id"])
-    assert first is not None and second is not None
+    assert first is not None
+    assert second is not None
     assert (first["last_seen"], first["telemetry"]) == (at, {"load_1m": 0.5})
     assert (second["last_seen"], second["telemetry"]) == (at, None)
 

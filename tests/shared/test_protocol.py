@@ -124,7 +124,7 @@ def test_version_defaults_to_1_when_absent() -> None:
 def test_audit_batch_records_still_verify_after_the_wire() -> None:
     batch = parse_agent_message(encode(AGENT_SAMPLES[6]))
     assert isinstance(batch, AuditBatch)
-    head = verify_chain([record.model_dump() for record in batch.records])
+    head = verify_chain([dict(record) for record in batch.records])
     assert head.hash == RECORD["hash"]
 
 

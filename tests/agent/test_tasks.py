@@ -1,0 +1,47 @@
+"""The agent's task runner against a real journal, policy and executor."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fakes import FakeClock
+
+from coact.agent.store import AgentStore
+from coact.agent.tasks import TaskRunner
+from coact.policy.document import parse_policy, render_sandbox_policy
+from coact.shared.protocol import TaskSpec
+
+
+def runner(tmp_path: Path) -> tuple[TaskRunner, AgentStore, Path]:
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    store = AgentStore(tmp_path / "agent.db", "dev_x", FakeClock())
+    return TaskRunner(store, parse_policy(render_sandbox_policy(str(sandbox))), FakeClock()), store, sandbox
+
+
+async def test_a_redelivery_racing_the_first_delivery_does_not_run_or_settle_it(tmp_path: Path) -> None:
+    tasks, store, sandbox = runner(tmp_path)
+    spec = TaskSpec(id="tsk_1", action="file.write", params={"path": str(sandbox / "a.txt"), "content": "x"},
+                    timeout_s=5)
+    first, second = await asyncio.gather(tasks.handle(spec), tasks.handle(spec))
+    assert first is not None
+    assert first["status"] == "succeeded"
+    assert second is None  # the result follows from the first delivery
+    again = await tasks.handle(spec)
+    assert again == first  # answered from the journal, not run again
+    assert [r["kind"] for r in store.pending_audit(100)].count("action.started") == 1
+    store.close()
+
+
+async def test_a_task_left_running_by_a_dead_process_is_reported_not_rerun(tmp_path: Path) -> None:
+    tasks, store, sandbox = runner(tmp_path)
+    spec = TaskSpec(id="tsk_2", action="file.write", params={"path": str(sandbox / "b.txt"), "content": "x"},
+                    timeout_s=5)
+    assert store.begin_task(spec.id, spec.model_dump()) == "new"  # as if the agent died right here
+    result = await tasks.handle(spec)
+    assert result is not None
+    assert result["status"] == "failed"
+    assert "interrupted" in result["error"]
+    assert not (sandbox / "b.txt").exists()
+    store.close()
