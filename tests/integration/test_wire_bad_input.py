@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import Agent, Api, Relay
+from pg import BACKENDS, relay_on
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -58,6 +59,13 @@ async def next_of(ws: ClientConnection, *types: str) -> dict[str, Any]:
         message = json.loads(await asyncio.wait_for(ws.recv(), 10))
         if message["type"] in types:
             return message
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def relay(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    """These checks run against real relays on SQLite and on PostgreSQL."""
+    with relay_on(request.param, tmp_path_factory.mktemp(f"wire-{request.param}") / "data") as server:
+        yield server
 
 
 @pytest.fixture
