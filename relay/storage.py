@@ -269,21 +269,18 @@ class Store:
         assert user is not None
         return user
 
-    async def user_by_email(self, email: str) -> Row | None:
-        def _body(conn: Connection) -> Any:
-            row = (conn.execute(select(s.users).where(s.users.c.email == email))).first()
+    async def _one(self, query: Any) -> Row | None:
+        """The first row of a read query as a dict, or None."""
+        def _body(conn: Connection) -> Row | None:
+            row = conn.execute(query).first()
             return _row(row) if row else None
         return await self._read(_body)
 
+    async def user_by_email(self, email: str) -> Row | None:
+        return await self._one(select(s.users).where(s.users.c.email == email))
+
     async def user_by_id(self, org_id: str, user_id: str) -> Row | None:
-        def _body(conn: Connection) -> Any:
-            row = (
-                conn.execute(
-                    select(s.users).where(s.users.c.id == user_id, s.users.c.org_id == org_id)
-                )
-            ).first()
-            return _row(row) if row else None
-        return await self._read(_body)
+        return await self._one(select(s.users).where(s.users.c.id == user_id, s.users.c.org_id == org_id))
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         def _body(conn: Connection) -> Any:
@@ -600,20 +597,10 @@ class Store:
 
     async def device_unscoped(self, device_id: str) -> Row | None:
         """A device by id alone: only for device-authenticated paths, which then bind the org."""
-        def _body(conn: Connection) -> Any:
-            row = (conn.execute(select(s.devices).where(s.devices.c.id == device_id))).first()
-            return _row(row) if row else None
-        return await self._read(_body)
+        return await self._one(select(s.devices).where(s.devices.c.id == device_id))
 
     async def device(self, org_id: str, device_id: str) -> Row | None:
-        def _body(conn: Connection) -> Any:
-            row = (
-                conn.execute(
-                    select(s.devices).where(s.devices.c.id == device_id, s.devices.c.org_id == org_id)
-                )
-            ).first()
-            return _row(row) if row else None
-        return await self._read(_body)
+        return await self._one(select(s.devices).where(s.devices.c.id == device_id, s.devices.c.org_id == org_id))
 
     async def list_devices(self, org_id: str, limit: int, cursor: str | None) -> list[Row]:
         d = s.devices
@@ -784,12 +771,7 @@ class Store:
         return values
 
     async def task(self, org_id: str, task_id: str) -> Row | None:
-        def _body(conn: Connection) -> Any:
-            row = (
-                conn.execute(select(s.tasks).where(s.tasks.c.id == task_id, s.tasks.c.org_id == org_id))
-            ).first()
-            return _row(row) if row else None
-        return await self._read(_body)
+        return await self._one(select(s.tasks).where(s.tasks.c.id == task_id, s.tasks.c.org_id == org_id))
 
     async def list_tasks(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from coact.relay.api.context import services
 from coact.relay.api.models import AuditBatchOut, AuditKeys, AuditQuery, AuditRecordOut, Page
 from coact.relay.errors import BadRequest
@@ -11,34 +13,35 @@ from coact.shared.clock import from_rfc3339, to_rfc3339
 routes = RouteTable("audit")
 
 
-def _cursor(text: str | None) -> tuple[str, int] | None:
-    if text is None:
-        return None
-    chain, _, seq = text.rpartition("/")
-    if not chain or not seq.isdigit():
-        raise BadRequest("query.cursor: not a cursor returned by this API")
-    return chain, int(seq)
+async def audit_page(
+    call: Call, *, since: str | None, cursor: str | None, limit: int, **filters: Any
+) -> Page[AuditRecordOut]:
+    """One page of the caller's org's audit records, keyset-paginated by (chain, seq)."""
+    after = None
+    if cursor is not None:
+        chain, _, seq = cursor.rpartition("/")
+        if not chain or not seq.isdigit():
+            raise BadRequest("query.cursor: not a cursor returned by this API")
+        after = (chain, int(seq))
+    if since is not None:
+        try:
+            since = to_rfc3339(from_rfc3339(since))
+        except ValueError as exc:
+            raise BadRequest(f"query.since: {exc}") from exc
+    rows = await services(call.request).audit.records(
+        call.user.org_id, since=since, after=after, limit=limit + 1, **filters
+    )
+    items = [AuditRecordOut.model_validate(r) for r in rows[:limit]]
+    more = len(rows) > limit and items
+    return Page[AuditRecordOut](items=items, next_cursor=f"{items[-1].device_id}/{items[-1].seq}" if more else None)
 
 
 @routes.route("GET", "/api/v1/audit", access=ANY_USER, query=AuditQuery, response=Page[AuditRecordOut],
               summary="Audit records of the caller's org, ordered by chain and seq")
 async def list_audit(call: Call) -> Page[AuditRecordOut]:
-    svc = services(call.request)
     query: AuditQuery = call.query
-    since = None
-    if query.since is not None:
-        try:
-            since = to_rfc3339(from_rfc3339(query.since))
-        except ValueError as exc:
-            raise BadRequest(f"query.since: {exc}") from exc
-    rows = await svc.audit.records(
-        call.user.org_id, device_id=query.device_id, task_id=query.task_id, since=since,
-        after=_cursor(query.cursor), limit=query.limit + 1,
-    )
-    items = [AuditRecordOut.model_validate(r) for r in rows[: query.limit]]
-    last = items[-1] if items else None
-    more = len(rows) > query.limit and last is not None
-    return Page[AuditRecordOut](items=items, next_cursor=f"{last.device_id}/{last.seq}" if more and last else None)
+    return await audit_page(call, since=query.since, cursor=query.cursor, limit=query.limit,
+                            device_id=query.device_id, task_id=query.task_id)
 
 
 @routes.route("GET", "/api/v1/audit/batches", access=ANY_USER, response=Page[AuditBatchOut],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from coact.relay.api.audit import audit_page
 from coact.relay.api.context import services
 from coact.relay.api.models import (
     ActivityQuery,
@@ -23,7 +24,6 @@ from coact.relay.routing import ANY_USER, PUBLIC, Call, RouteTable
 from coact.relay.services import Services
 from coact.relay.storage import Row
 from coact.relay.tokens import hash_refresh_token, new_refresh_token
-from coact.shared.clock import from_rfc3339, to_rfc3339
 
 routes = RouteTable("auth")
 
@@ -136,26 +136,9 @@ async def me(call: Call) -> UserEnvelope:
               summary="The caller's own audit events: what they did and what was done to their account",
               errors=(400,))
 async def my_activity(call: Call) -> Page[AuditRecordOut]:
-    svc = services(call.request)
     query: ActivityQuery = call.query
-    since = None
-    if query.since is not None:
-        try:
-            since = to_rfc3339(from_rfc3339(query.since))
-        except ValueError as exc:
-            raise BadRequest(f"query.since: {exc}") from exc
-    after = None
-    if query.cursor is not None:
-        chain, _, seq = query.cursor.rpartition("/")
-        if not chain or not seq.isdigit():
-            raise BadRequest("query.cursor: not a cursor returned by this API")
-        after = (chain, int(seq))
-    rows = await svc.audit.records(
-        call.user.org_id, actor=call.user.subject, since=since, after=after, limit=query.limit + 1
-    )
-    items = [AuditRecordOut.model_validate(r) for r in rows[: query.limit]]
-    more = len(rows) > query.limit and items
-    return Page[AuditRecordOut](items=items, next_cursor=f"{items[-1].device_id}/{items[-1].seq}" if more else None)
+    return await audit_page(call, since=query.since, cursor=query.cursor, limit=query.limit,
+                            actor=call.user.subject)
 
 
 @routes.route("POST", "/api/v1/me/password", access=ANY_USER, body=ChangePasswordRequest, response=TokenPair,
