@@ -299,16 +299,21 @@ class Store:
             # a reuse or logout between them revokes the family, and the successor must
             # not escape that: it is born revoked.
             revoked_at: str | None = None
+            expires_at = self.later(ttl_s)
             if family_id is not None:
                 revoked = conn.execute(
                     select(t.c.id).where(t.c.family_id == family, t.c.revoked_at.is_not(None)).limit(1)
                 )
                 if revoked.first() is not None:
                     revoked_at = self.now()
+                # A session lives ttl_s from its login, however often it refreshes.
+                started = conn.execute(select(func.min(t.c.expires_at)).where(t.c.family_id == family)).scalar()
+                if started is not None:
+                    expires_at = min(expires_at, started)
             conn.execute(
                 insert(t).values(
                     id=new_id("rt"), family_id=family, user_id=user["id"], org_id=user["org_id"],
-                    token_hash=token_hash, created_at=self.now(), expires_at=self.later(ttl_s),
+                    token_hash=token_hash, created_at=self.now(), expires_at=expires_at,
                     revoked_at=revoked_at,
                 )
             )

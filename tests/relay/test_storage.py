@@ -247,6 +247,21 @@ async def test_expired_and_unknown_refresh_tokens_are_invalid(store: Store, cloc
     assert (await store.consume_refresh_token(token))[0] == "ok"
 
 
+async def test_a_session_ends_ttl_after_login_however_often_it_refreshes(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    first = secrets.token_hex(32)
+    family = await store.issue_refresh_token(user, first, ttl_s=60)
+    token = first
+    for _ in range(5):  # refresh every 10 s
+        clock.advance(10)
+        outcome, _row = await store.consume_refresh_token(token)
+        assert outcome == "ok"
+        token = secrets.token_hex(32)
+        await store.issue_refresh_token(user, token, ttl_s=60, family_id=family)
+    clock.advance(10)  # 60 s after login
+    assert await store.consume_refresh_token(token) == ("invalid", None)
+
+
 async def test_concurrent_consumes_of_one_token_yield_exactly_one_ok(store: Store) -> None:
     user = await new_org(store)
     token = secrets.token_hex(32)
