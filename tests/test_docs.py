@@ -339,3 +339,13 @@ def test_every_threat_names_a_test() -> None:
 
 if __name__ == "__main__":
     print(settings_table(), end="")
+
+
+def test_every_relay_event_kind_is_documented() -> None:
+    """Each audit event kind the relay writes has a row in docs/api/audit.md."""
+    source = "\n".join(path.read_text() for path in (ROOT / "relay").rglob("*.py"))
+    kinds = set(re.findall(r'"((?:user|auth|device|task|enrollment_code|security)\.[a-z_]+)"', source))
+    assert len(kinds) > 10
+    doc = _read(DOCS / "api" / "audit.md")
+    missing = sorted(kind for kind in kinds if f"`{kind}`" not in doc)
+    assert not missing, f"relay event kinds missing from docs/api/audit.md: {missing}"
