@@ -166,7 +166,9 @@ class Hub:
         finally:
             if self.sessions.get(session.device_id) is session:
                 del self.sessions[session.device_id]
-                self._seen.pop(session.device_id, None)
+                last_heartbeat = self._seen.pop(session.device_id, None)
+                if last_heartbeat is not None:
+                    await self.store.touch_devices({session.device_id: last_heartbeat})
                 await self.store.record_presence(device, online=False, reason=str(ws.close_code))
                 self.events.publish(device["org_id"], "presence", {"device_id": session.device_id, "online": False})
             if not ws.closed:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness import Api, Relay
+from harness import Api, Relay, wait_for
 from principals import RawDevice, add_user, disable_user
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -157,6 +157,9 @@ async def test_agent_reported_strings_come_back_verbatim_as_json(relay: Relay) -
     ws, _ = await device.session()
     await ws.send(json.dumps({"v": 1, "type": "heartbeat", "telemetry": {"hostname": XSS, "os": XSS_ATTR}}))
     await ws.close()
+    # Heartbeats are written in batches (and at disconnect): wait for this one to land.
+    await asyncio.to_thread(wait_for, lambda: admin.get(f"/api/v1/devices/{device.device_id}").body["telemetry"],
+                            15, 0.1, "the heartbeat's telemetry")
     for path in (f"/api/v1/devices/{device.device_id}", "/api/v1/devices"):
         answer = await asyncio.to_thread(admin.get, path)
         assert answer.status == 200
