@@ -31,6 +31,7 @@ from coact.shared.chain import GENESIS
 from coact.shared.errors import ProtocolError, SignatureError
 from coact.shared.protocol import (
     MAX_FRAME_BYTES,
+    AuditAck,
     AuditBatch,
     AuditNack,
     Auth,
@@ -253,7 +254,12 @@ class Hub:
                 raise ProtocolError(f"{message.type} is not expected after the handshake")
 
     async def _ingest(self, session: Session, records: list[dict[str, Any]], signature: str) -> None:
-        reply = await self.audit.ingest_device_batch(session.device, records, signature)
+        reply: AuditAck | AuditNack
+        try:
+            reply = await self.audit.ingest_device_batch(session.device, records, signature)
+        except Exception as exc:  # the agent keeps its records and resends; the session lives on
+            log.exception("audit batch from %s could not be ingested", session.device_id)
+            reply = AuditNack(code="unavailable", detail=f"audit ingest failed ({type(exc).__name__}); resend later")
         if not session.ws.closed:
             await session.send(reply)
 
