@@ -16,6 +16,8 @@ Event = dict[str, Any]
 
 class EventBus:
     def __init__(self, queue_size: int = 256) -> None:
+        if queue_size < 2:
+            raise ValueError("a subscriber queue holds at least the lag marker and one event")
         self._queue_size = queue_size
         self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
 
@@ -33,9 +35,8 @@ class EventBus:
         event = {"type": kind, **data}
         for queue in self._subscribers.get(org_id, ()):
             if queue.full():
+                # Make room for the marker and the new event: the oldest two go.
                 queue.get_nowait()
-                event_lost: Event = {"type": "lagged"}
-                if queue.full():
-                    queue.get_nowait()
-                queue.put_nowait(event_lost)
+                queue.get_nowait()
+                queue.put_nowait({"type": "lagged"})
             queue.put_nowait(event)

@@ -637,9 +637,6 @@ class Store:
             return False
         return True
 
-    async def touch_device(self, device_id: str, telemetry: Mapping[str, Any] | None) -> None:
-        await self.touch_devices({device_id: (self.now(), telemetry)})
-
     async def touch_devices(self, seen: Mapping[str, tuple[str, Mapping[str, Any] | None]]) -> None:
         """Record ``last_seen`` (and telemetry) of many devices in one write."""
         if not seen:

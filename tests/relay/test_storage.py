@@ -419,7 +419,7 @@ async def test_presence_and_touch(store: Store, clock: FakeClock) -> None:
     user = await new_org(store)
     device = await new_device(store, user["org_id"])
     clock.advance(5)
-    await store.touch_device(device["id"], {"cpu_percent": 3.5})
+    await store.touch_devices({device["id"]: (store.now(), {"cpu_percent": 3.5})})
     seen = await store.device(user["org_id"], device["id"])
     assert seen is not None
     assert (seen["last_seen"], seen["telemetry"]) == (store.now(), {"cpu_percent": 3.5})
