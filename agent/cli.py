@@ -87,10 +87,11 @@ def enroll(relay_url: str, code: str, name: str | None, data_dir: Path, output: 
 @click.option("--log-level", default="INFO", show_default=True)
 def run(data_dir: Path, log_level: str) -> None:
     """Run the agent in the foreground until interrupted (SIGINT/SIGTERM)."""
-    # sqlite-utils imports pandas and numpy whenever they are installed (the relay's
-    # ClickHouse client brings them into a full install). The agent never uses them,
-    # and they would cost it ~90 MB of resident memory; in this process only, mark
-    # them absent before anything imports them.
+    # A full install has pandas and numpy (the relay's ClickHouse client brings them),
+    # and libraries that use them when present import them eagerly (sqlite-utils did,
+    # before the outbox moved to plain sqlite3). The agent never uses them, and they
+    # would cost it ~90 MB of resident memory; in this process only, mark them absent
+    # before anything imports them.
     for optional in ("pandas", "numpy"):
         sys.modules.setdefault(optional, None)  # type: ignore[arg-type]
     from coact.agent.runtime import Agent
