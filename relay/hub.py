@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -84,11 +84,14 @@ MESSAGE_RULES: dict[str, str] = {
 class Session:
     device: Row
     ws: web.WebSocketResponse
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    # Audit batches are verified and stored beside the receive loop, so results and
-    # heartbeats never wait for ClickHouse; the protocol allows one batch in flight.
+    # Audit ingest and queue delivery run beside the receive loop, in this group, and
+    # only while they have work: an idle session is one task (its receive loop), which
+    # is most of what a connection costs in memory. Audit batches never hold up results
+    # or heartbeats; the protocol allows one batch in flight.
     group: asyncio.TaskGroup | None = None
     ingesting: asyncio.Task[None] | None = None
+    delivering: asyncio.Task[None] | None = None
+    more_tasks: bool = False  # nudged while a delivery was running
     protocol_errors: int = 0
 
     @property
@@ -113,10 +116,19 @@ class Hub:
         return device_id in self.sessions
 
     def nudge(self, device_id: str) -> None:
-        """Tell the device's session, if it is here, that it has tasks to fetch."""
+        """Tell the device's session, if it is here, that it has queued tasks to fetch."""
         session = self.sessions.get(device_id)
         if session is not None:
-            session.wake.set()
+            self._deliver(session)
+
+    async def send_task(self, task: Row) -> None:
+        """Send a task already stored as ``dispatched`` to its device's session here.
+        A send that is lost (no session, or it just closed) is not an error: the
+        device's next session gets every task sent but not yet reported."""
+        session = self.sessions.get(task["device_id"])
+        if session is not None:
+            with contextlib.suppress(ConnectionResetError):
+                await session.send(_task_message(task))
 
     async def disconnect(self, device_id: str, code: int, reason: str) -> None:
         session = self.sessions.get(device_id)
@@ -157,11 +169,13 @@ class Hub:
             await session.send(Welcome(device_id=session.device_id, audit_seq=head.seq, audit_hash=head.hash))
             async with asyncio.TaskGroup() as group:
                 session.group = group
-                deliverer = group.create_task(self._deliver_loop(session))
+                self._deliver(session, redeliver=True)
                 try:
                     await self._receive_loop(session)
                 finally:
-                    deliverer.cancel()
+                    session.group = None  # nothing new starts; an audit batch being stored finishes
+                    if session.delivering is not None:
+                        session.delivering.cancel()
         except* (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -320,23 +334,36 @@ class Hub:
                 log.exception("relay watch round failed; will retry")
             since = now
 
-    async def _deliver_loop(self, session: Session) -> None:
+    def _deliver(self, session: Session, *, redeliver: bool = False) -> None:
+        """Send the session its queued tasks, in a task of its own while there are any."""
+        if session.group is None:
+            return  # the session is closing; the device's next one gets its tasks
+        if session.delivering is not None and not session.delivering.done():
+            session.more_tasks = True
+            return
+        session.delivering = session.group.create_task(self._deliver_rounds(session, redeliver))
+
+    async def _deliver_rounds(self, session: Session, redeliver: bool) -> None:
+        """Rounds of one read and one write, until no queued task is left. The first
+        round of a session (``redeliver``) also resends what an earlier session sent
+        and was never answered."""
         store = self.store
-        redeliver = True  # the first round resends what an earlier session sent unanswered
         while True:
+            session.more_tasks = False
             found = await store.deliverable_tasks(session.device_id, redeliver=redeliver, limit=DELIVERY_ROUND)
             redeliver = False
             tasks = {t["id"]: t for t in found}
-            for task_id in await store.mark_dispatched_many(session.device_id, list(tasks)):
-                task = tasks[task_id]
-                spec = TaskSpec(
-                    id=task_id, action=task["action"], params=task["params"],
-                    timeout_s=task["timeout_s"], expires_at=task["expires_at"],
-                )
-                await session.send(TaskMessage(task=spec))
-            if len(found) == DELIVERY_ROUND:
-                continue  # more are waiting
-            await session.wake.wait()
-            session.wake.clear()
+            sendable = await store.mark_dispatched_many(session.device_id, list(tasks)) if tasks else []
+            for task_id in sendable:
+                await session.send(_task_message(tasks[task_id]))
+            if len(found) < DELIVERY_ROUND and not session.more_tasks:
+                return
+
+
+def _task_message(task: Row) -> TaskMessage:
+    return TaskMessage(task=TaskSpec(
+        id=task["id"], action=task["action"], params=task["params"],
+        timeout_s=task["timeout_s"], expires_at=task["expires_at"],
+    ))
 
 

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from coact.relay import queries as q
 from coact.relay import schema as s
 from coact.relay.errors import Conflict, Gone, NotFound
 from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
@@ -167,9 +168,7 @@ class Store:
                     public_key=self.relay_audit_key,
                 ))
             else:
-                conn.execute(
-                    update(chain).where(chain.c.chain_id == chain_id).values(seq=head.seq, hash=head.hash)
-                )
+                conn.execute(q.SET_RELAY_HEAD, {"b_chain": chain_id, "seq": head.seq, "hash": head.hash})
         self._dirty_chains.clear()
         self._new_chains.clear()
 
@@ -196,10 +195,7 @@ class Store:
         chain_id = self.relay_chain_id(org_id)
         head = self._chain_heads.get(chain_id)
         if head is None:
-            chain = s.relay_chains
-            row = (conn.execute(
-                select(chain.c.seq, chain.c.hash).where(chain.c.chain_id == chain_id)
-            )).first()
+            row = conn.execute(q.RELAY_HEAD, {"b_chain": chain_id}).first()
             if row is None:
                 head = GENESIS
                 self._new_chains[chain_id] = org_id
@@ -208,11 +204,7 @@ class Store:
         record = make_record(head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id)
         self._chain_heads[chain_id] = ChainHead(record["seq"], record["hash"])
         self._dirty_chains.add(chain_id)
-        conn.execute(
-            insert(s.relay_audit_outbox).values(
-                chain_id=chain_id, seq=record["seq"], org_id=org_id, record=record
-            )
-        )
+        conn.execute(q.INSERT_RELAY_EVENT, {"chain_id": chain_id, "seq": record["seq"], "org_id": org_id, "record": record})
 
     async def record_event(
         self, org_id: str, kind: str, data: Mapping[str, Any], task_id: str | None = None
@@ -269,10 +261,10 @@ class Store:
         assert user is not None
         return user
 
-    async def _one(self, query: Any) -> Row | None:
-        """The first row of a read query as a dict, or None."""
+    async def _one(self, query: Any, params: Mapping[str, Any] | None = None) -> Row | None:
+        """The first row of a read query (with ``params`` for a prebuilt one) as a dict, or None."""
         def _body(conn: Connection) -> Row | None:
-            row = conn.execute(query).first()
+            row = (conn.execute(query, params) if params else conn.execute(query)).first()
             return _row(row) if row else None
         return await self._read(_body)
 
@@ -280,7 +272,7 @@ class Store:
         return await self._one(select(s.users).where(s.users.c.email == email))
 
     async def user_by_id(self, org_id: str, user_id: str) -> Row | None:
-        return await self._one(select(s.users).where(s.users.c.id == user_id, s.users.c.org_id == org_id))
+        return await self._one(q.ORG_USER, {"b_id": user_id, "b_org": org_id})
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         def _body(conn: Connection) -> Any:
@@ -602,10 +594,10 @@ class Store:
 
     async def device_unscoped(self, device_id: str) -> Row | None:
         """A device by id alone: only for device-authenticated paths, which then bind the org."""
-        return await self._one(select(s.devices).where(s.devices.c.id == device_id))
+        return await self._one(q.DEVICE, {"b_id": device_id})
 
     async def device(self, org_id: str, device_id: str) -> Row | None:
-        return await self._one(select(s.devices).where(s.devices.c.id == device_id, s.devices.c.org_id == org_id))
+        return await self._one(q.ORG_DEVICE, {"b_id": device_id, "b_org": org_id})
 
     async def list_devices(self, org_id: str, limit: int, cursor: str | None) -> list[Row]:
         d = s.devices
@@ -678,9 +670,7 @@ class Store:
 
     async def record_presence(self, device: Row, online: bool, reason: str = "") -> None:
         def _body(conn: Connection) -> Any:
-            conn.execute(
-                update(s.devices).where(s.devices.c.id == device["id"]).values(last_seen=self.now())
-            )
+            conn.execute(q.SET_DEVICE, {"b_id": device["id"], "last_seen": self.now()})
             self._record_event(
                 conn, device["org_id"], "device.online" if online else "device.offline",
                 {"device_id": device["id"], **({"reason": reason} if reason else {})},
@@ -753,6 +743,14 @@ class Store:
         timeout_s: float,
         expires_at: str,
     ) -> Row:
+        """Persist a task for an active device of the org (checked in the same
+        transaction: :class:`NotFound`, or :class:`Conflict` if it is revoked).
+
+        ``status="dispatched"`` is for a device whose session is on this relay: the
+        caller sends the task right after this returns, so it skips the queue (one
+        write instead of three); if the send is lost, the device's next session gets
+        it again like any task sent but not yet reported.
+        """
         now = self.now()
         task_id = new_id("tsk")
         values = {
@@ -761,8 +759,15 @@ class Store:
             "created_at": now, "updated_at": now, "timeout_s": timeout_s, "expires_at": expires_at,
             "attempts": 0,
         }
+        if status == "dispatched":
+            values |= {"dispatched_at": now, "attempts": 1}
         def _body(conn: Connection) -> Any:
-            conn.execute(insert(s.tasks).values(**values))
+            device = conn.execute(q.ORG_DEVICE, {"b_id": device_id, "b_org": org_id}).first()
+            if device is None:
+                raise NotFound("no such device")
+            if device.status != "active":
+                raise Conflict("device is revoked")
+            conn.execute(q.INSERT_TASK, values)
             self._record_event(
                 conn, org_id, "task.created",
                 {"device_id": device_id, "action": action, "status": status, "by": created_by,
@@ -823,12 +828,9 @@ class Store:
         event: Mapping[str, Any] | None = None,
     ) -> bool:
         """Compare-and-set a task's status; audit the change if it happened."""
-        t = s.tasks
-        now = self.now()
-        values: dict[str, Any] = {"status": new_status, "updated_at": now, **(extra or {})}
-        changed = conn.execute(
-            update(t).where(t.c.id == task.id, t.c.status.in_(tuple(from_statuses))).values(**values)
-        )
+        changed = conn.execute(q.MOVE_TASK, {
+            "b_id": task.id, "b_from": list(from_statuses), "status": new_status, "updated_at": self.now(), **(extra or {}),
+        })
         if changed.rowcount != 1:
             return False
         self._record_event(
@@ -839,11 +841,9 @@ class Store:
         return True
 
     def _task_row(self, conn: Connection, task_id: str, device_id: str | None = None) -> Any:
-        t = s.tasks
-        query = select(t).where(t.c.id == task_id)
-        if device_id is not None:
-            query = query.where(t.c.device_id == device_id)
-        return (conn.execute(query)).first()
+        if device_id is None:
+            return conn.execute(q.TASK, {"b_id": task_id}).first()
+        return conn.execute(q.DEVICE_TASK, {"b_id": task_id, "b_device": device_id}).first()
 
     async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
         return task_id in await self.mark_dispatched_many(device_id, [task_id])
@@ -903,7 +903,7 @@ class Store:
                 {"ok": bool(result.get("ok")), "error": result.get("error")},
             )
             if not moved:
-                conn.execute(update(s.tasks).where(s.tasks.c.id == task_id).values(result=dict(result)))
+                conn.execute(q.SET_TASK, {"b_id": task_id, "result": dict(result)})
             return "stored"
         return await self._write(_body)
 
@@ -955,9 +955,8 @@ class Store:
     # -- audit chain heads ------------------------------------------------------------
 
     async def audit_head(self, chain_id: str) -> ChainHead | None:
-        h = s.audit_heads
         def _body(conn: Connection) -> Any:
-            row = (conn.execute(select(h).where(h.c.chain_id == chain_id))).first()
+            row = conn.execute(q.AUDIT_HEAD, {"b_chain": chain_id}).first()
             return ChainHead(row.seq, row.hash) if row else None
         return await self._read(_body)
 
@@ -965,22 +964,20 @@ class Store:
         self, chain_id: str, org_id: str, old: ChainHead | None, new: ChainHead
     ) -> bool:
         """Compare-and-set the stored head: False if someone else moved it first."""
-        h = s.audit_heads
-
         def _body(conn: Connection) -> bool:
             if old is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(h).values(
-                            chain_id=chain_id, org_id=org_id, seq=new.seq, hash=new.hash, updated_at=self.now()
-                        ))
+                        conn.execute(q.INSERT_AUDIT_HEAD, {
+                            "chain_id": chain_id, "org_id": org_id, "seq": new.seq, "hash": new.hash,
+                            "updated_at": self.now(),
+                        })
                 except IntegrityError:
                     return False
                 return True
-            moved = conn.execute(
-                update(h)
-                .where(h.c.chain_id == chain_id, h.c.seq == old.seq, h.c.hash == old.hash)
-                .values(seq=new.seq, hash=new.hash, updated_at=self.now())
-            )
+            moved = conn.execute(q.MOVE_AUDIT_HEAD, {
+                "b_chain": chain_id, "b_seq": old.seq, "b_hash": old.hash, "seq": new.seq, "hash": new.hash,
+                "updated_at": self.now(),
+            })
             return moved.rowcount == 1
         return await self._write(_body)

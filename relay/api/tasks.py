@@ -7,7 +7,7 @@ from coact.policy.errors import ParamsError
 from coact.policy.risk import assess
 from coact.relay.api.context import services
 from coact.relay.api.models import CreateTaskRequest, Page, Task, TaskQuery
-from coact.relay.errors import BadRequest, Conflict, NotFound
+from coact.relay.errors import BadRequest, NotFound
 from coact.relay.routing import ANY_USER, OPERATOR, Call, RouteTable
 from coact.relay.storage import Row
 from coact.shared.clock import from_rfc3339, to_rfc3339
@@ -29,11 +29,6 @@ async def create_task(call: Call) -> Task:
         params = validate_params(body.action, body.params)
     except ParamsError as exc:
         raise BadRequest(str(exc)) from exc
-    device = await svc.store.device(call.user.org_id, body.device_id)
-    if device is None:
-        raise NotFound("no such device")
-    if device["status"] != "active":
-        raise Conflict("device is revoked")
     now = svc.clock.now()
     if body.expires_at is not None:
         try:
@@ -46,19 +41,24 @@ async def create_task(call: Call) -> Task:
     else:
         expires_at = svc.store.later(svc.settings.task_default_ttl_s)
     risk = assess(body.action, params)
+    # A device connected to this relay gets the task straight from here; otherwise it
+    # waits in the queue for the device's session, here or on another relay.
+    direct = svc.hub.is_online(body.device_id)
     task = await svc.store.create_task(
         org_id=call.user.org_id,
-        device_id=device["id"],
+        device_id=body.device_id,
         action=body.action,
         params=params,
         risk={"level": risk.level, "score": risk.score, "reasons": list(risk.reasons)},
-        status="queued",
+        status="dispatched" if direct else "queued",
         created_by=call.user.subject,
         timeout_s=body.timeout_s or svc.settings.task_default_timeout_s,
         expires_at=expires_at,
     )
-    svc.events.publish(call.user.org_id, "task", {"task_id": task["id"], "device_id": device["id"], "status": "queued"})
-    svc.hub.nudge(device["id"])
+    svc.events.publish(call.user.org_id, "task",
+                       {"task_id": task["id"], "device_id": body.device_id, "status": task["status"]})
+    if direct:
+        await svc.hub.send_task(task)
     return task_view(task)
 
 

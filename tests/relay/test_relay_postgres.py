@@ -54,7 +54,7 @@ def test_file_write_through_a_relay_on_postgres(pg_relay: Relay, pg_database_url
             "device_id": device_id, "action": "file.write",
             "params": {"path": str(sandbox / "pg.txt"), "content": "stored in postgres"},
         })
-        assert task["status"] == "queued"
+        assert task["status"] == "dispatched"  # the device is connected to this relay
         done = wait_task(admin, task["id"], timeout=40)
         assert done["status"] == "succeeded", done
         assert (sandbox / "pg.txt").read_text() == "stored in postgres"

@@ -589,6 +589,36 @@ async def test_task_lifecycle_transitions_are_audited(store: Store, clock: FakeC
     assert events[-1]["data"]["ok"] is True
 
 
+async def test_a_task_for_a_connected_device_is_stored_as_dispatched_in_one_write(store: Store) -> None:
+    user = await new_org(store)
+    device = await new_device(store, user["org_id"])
+    task = await new_task(store, user["org_id"], device["id"], status="dispatched")
+    row = await store.task(user["org_id"], task["id"])
+    assert row is not None
+    assert (row["status"], row["attempts"], row["dispatched_at"]) == ("dispatched", 1, row["created_at"])
+    events = [e for e in await relay_chain(store, user["org_id"]) if e["task_id"] == task["id"]]
+    assert [(e["kind"], e["data"]["status"]) for e in events] == [("task.created", "dispatched")]
+    # Redelivered to the device's next session like any task sent and not yet reported.
+    assert [t["id"] for t in await store.deliverable_tasks(device["id"], redeliver=True)] == [task["id"]]
+    assert await store.deliverable_tasks(device["id"], redeliver=False) == []
+
+
+async def test_a_task_needs_an_active_device_of_the_org_and_leaves_nothing_otherwise(store: Store) -> None:
+    user, other = await new_org(store), await new_org(store, "other")
+    device, foreign = await new_device(store, user["org_id"]), await new_device(store, other["org_id"])
+    before = await count(store, schema.tasks), await kinds(store, user["org_id"])
+    with pytest.raises(NotFound):
+        await new_task(store, user["org_id"], foreign["id"])
+    with pytest.raises(NotFound):
+        await new_task(store, user["org_id"], "dev_nope")
+    assert (await count(store, schema.tasks), await kinds(store, user["org_id"])) == before
+    await store.revoke_device(user["org_id"], device["id"], user["id"])
+    before = await count(store, schema.tasks), await kinds(store, user["org_id"])
+    with pytest.raises(Conflict, match="revoked"):
+        await new_task(store, user["org_id"], device["id"])
+    assert (await count(store, schema.tasks), await kinds(store, user["org_id"])) == before
+
+
 async def test_result_from_another_device_is_unknown_and_changes_nothing(store: Store) -> None:
     user = await new_org(store)
     device, intruder = await new_device(store, user["org_id"]), await new_device(store, user["org_id"])
