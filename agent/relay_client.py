@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coact.agent.errors import AgentError, EnrollmentError, RevokedError
 from coact.shared import keys
 from coact.shared.clock import to_rfc3339, utc_now
-from coact.shared.protocol import token_request_message
+from coact.shared.wire import token_request_message
 
 TIMEOUT_S = 15
 

@@ -17,7 +17,7 @@ import logging
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -27,19 +27,10 @@ from coact.agent import relay_client
 from coact.agent.config import DataDir, write_atomic
 from coact.agent.errors import AgentError, RevokedError
 from coact.agent.executors.system import telemetry
-from coact.agent.store import AgentStore
-from coact.agent.tasks import TaskRunner
-from coact.shared import keys
-from coact.shared.chain import ChainHead, sign_batch
-from coact.shared.clock import Clock, SystemClock, to_rfc3339
-from coact.shared.errors import ProtocolError, SignatureError
-from coact.shared.protocol import (
-    MAX_AUDIT_BATCH,
-    MAX_FRAME_BYTES,
+from coact.agent.frames import (
     AuditAck,
     AuditBatch,
     AuditNack,
-    AuditRecord,
     Auth,
     Challenge,
     Error,
@@ -49,9 +40,19 @@ from coact.shared.protocol import (
     TaskReceived,
     TaskResult,
     Welcome,
-    auth_message,
     encode,
-    parse_relay_message,
+    parse_relay_frame,
+)
+from coact.agent.store import AgentStore
+from coact.agent.tasks import TaskRunner
+from coact.shared import keys
+from coact.shared.chain import ChainHead, sign_batch
+from coact.shared.clock import Clock, SystemClock, to_rfc3339
+from coact.shared.errors import ProtocolError, SignatureError
+from coact.shared.wire import (
+    MAX_AUDIT_BATCH,
+    MAX_FRAME_BYTES,
+    auth_message,
     relay_challenge_message,
 )
 
@@ -199,7 +200,7 @@ class Agent:
             raise RevokedError("the relay revoked this device; ask an admin to re-enroll it") from exc
 
     async def _handshake(self, ws: ClientConnection) -> None:
-        challenge = parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
+        challenge = parse_relay_frame(await asyncio.wait_for(ws.recv(), 15))
         if not isinstance(challenge, Challenge):
             raise ProtocolError(f"expected a challenge, got {challenge.type}")
         device_id = self.identity.device_id
@@ -214,7 +215,7 @@ class Agent:
             ) from exc
         signature = keys.sign(self.key, auth_message(device_id, challenge.nonce))
         await ws.send(encode(Auth(signature=signature, agent_version=AGENT_VERSION)))
-        welcome = parse_relay_message(await asyncio.wait_for(ws.recv(), 15))
+        welcome = parse_relay_frame(await asyncio.wait_for(ws.recv(), 15))
         if isinstance(welcome, Error):
             raise AgentError(f"relay refused the session: {welcome.detail}")
         if not isinstance(welcome, Welcome) or welcome.device_id != device_id:
@@ -239,7 +240,7 @@ class Agent:
             try:
                 async for frame in link.ws:
                     try:
-                        message = parse_relay_message(frame)
+                        message = parse_relay_frame(frame)
                     except ProtocolError as exc:
                         log.warning("bad frame from relay: %s", exc)
                         continue
@@ -298,9 +299,8 @@ class Agent:
                 continue
             last = records[-1]
             signature = sign_batch(self.key, device_id, ChainHead(last["seq"], last["hash"]))
-            # The model validates the records as it is built: the outbox rows are AuditRecords.
-            batch = AuditBatch(records=cast(list[AuditRecord], records), signature=signature)
-            await link.ws.send(encode(batch))
+            # The relay validates the records as AuditRecords; they are the outbox rows as written.
+            await link.ws.send(encode(AuditBatch(records=records, signature=signature)))
             try:
                 reply = await asyncio.wait_for(link.audit_reply.get(), self.options.audit_ack_timeout_s)
             except TimeoutError:

@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coact.agent import relay_client
 from coact.agent.config import DataDir, Identity
 from coact.agent.errors import AgentError, RevokedError
+from coact.agent.frames import TaskSpec
 from coact.agent.runtime import Agent, AgentOptions
 from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
@@ -62,7 +63,6 @@ from coact.policy.document import Policy, parse_policy, render_sandbox_policy
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead
 from coact.shared.clock import Clock, SystemClock, to_rfc3339, utc_now
-from coact.shared.protocol import TaskSpec
 
 log = logging.getLogger("coact.agent.sim")
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from coact.agent.executors import execute
 from coact.agent.executors.errors import ActionError
+from coact.agent.frames import TaskSpec
 from coact.agent.store import AgentStore
 from coact.policy.decision import decide
 from coact.policy.document import Policy
 from coact.shared.canonical import sha256_hex
 from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
-from coact.shared.protocol import MAX_FRAME_BYTES, TaskSpec
+from coact.shared.wire import MAX_FRAME_BYTES
 
 log = logging.getLogger("coact.agent.tasks")
 
@@ -69,7 +70,7 @@ class TaskRunner:
         # session after a relay restart) must see it as running, not as left over.
         self.running.add(spec.id)
         try:
-            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.model_dump())
+            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.as_dict())
             if state == "done":
                 await self.audit("task.redelivered", {"action": spec.action}, spec.id)
                 return await asyncio.to_thread(self.store.task_result, spec.id)

@@ -21,7 +21,10 @@ then, in any order:
     relay → agent   audit_ack {last_seq, head_hash} | audit_nack {code, detail, expected_seq}
     either          error {code, detail}
 
-``docs/api/ws.md`` is the prose reference; the models here are the contract.
+``docs/api/ws.md`` is the prose reference; the models here are the contract. The
+constants and signed messages live in :mod:`coact.shared.wire` (re-exported here),
+which the resident agent uses with its own pydantic-free reader and writer
+(``coact.agent.frames``, decision 33).
 """
 
 from __future__ import annotations
@@ -31,15 +34,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from coact.shared.canonical import canonical_json
 from coact.shared.errors import ProtocolError
-
-PROTOCOL_VERSION: Literal[1] = 1
-AUTH_PURPOSE = "coact.ws.auth.v1"
-RELAY_PURPOSE = "coact.ws.relay.v1"
-TOKEN_PURPOSE = "coact.device.token.v1"
-MAX_FRAME_BYTES = 4 * 1024 * 1024
-MAX_AUDIT_BATCH = 1000
+from coact.shared.wire import AGENT_MESSAGE_TYPES as AGENT_MESSAGE_TYPES
+from coact.shared.wire import AUTH_PURPOSE as AUTH_PURPOSE
+from coact.shared.wire import MAX_AUDIT_BATCH as MAX_AUDIT_BATCH
+from coact.shared.wire import MAX_FRAME_BYTES as MAX_FRAME_BYTES
+from coact.shared.wire import PROTOCOL_VERSION as PROTOCOL_VERSION
+from coact.shared.wire import RELAY_MESSAGE_TYPES as RELAY_MESSAGE_TYPES
+from coact.shared.wire import RELAY_PURPOSE as RELAY_PURPOSE
+from coact.shared.wire import TOKEN_PURPOSE as TOKEN_PURPOSE
+from coact.shared.wire import auth_message as auth_message
+from coact.shared.wire import check_frame_size
+from coact.shared.wire import relay_challenge_message as relay_challenge_message
+from coact.shared.wire import token_request_message as token_request_message
 
 TaskStatus = Literal[
     "created", "rejected", "awaiting_approval", "approved", "queued", "dispatched",
@@ -167,20 +174,9 @@ RelayMessage = Annotated[
 _agent_adapter: TypeAdapter[AgentMessage] = TypeAdapter(AgentMessage)
 _relay_adapter: TypeAdapter[RelayMessage] = TypeAdapter(RelayMessage)
 
-AGENT_MESSAGE_TYPES = ("auth", "heartbeat", "task_received", "task_result", "audit_batch", "error")
-RELAY_MESSAGE_TYPES = (
-    "challenge", "welcome", "task", "result_ack", "audit_ack", "audit_nack", "error",
-)
-
 
 def _parse(adapter: TypeAdapter[Any], frame: str | bytes) -> Any:
-    # A str counts characters, up to four UTF-8 bytes each: measure the bytes. The
-    # first test is cheap and spares encoding a frame that is too long anyway.
-    size = len(frame)
-    if size <= MAX_FRAME_BYTES and isinstance(frame, str):
-        size = len(frame.encode("utf-8", "surrogatepass"))
-    if size > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of at least {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+    check_frame_size(frame)
     try:
         return adapter.validate_json(frame)
     except ValidationError as exc:
@@ -203,18 +199,3 @@ def parse_relay_message(frame: str | bytes) -> RelayMessage:
 
 def encode(message: BaseModel) -> str:
     return message.model_dump_json()
-
-
-def auth_message(device_id: str, nonce: str) -> bytes:
-    """What the agent signs to prove, on this socket, that it holds the device key."""
-    return canonical_json({"purpose": AUTH_PURPOSE, "device_id": device_id, "nonce": nonce})
-
-
-def relay_challenge_message(device_id: str, nonce: str) -> bytes:
-    """What the relay signs so the agent knows it talks to the relay it enrolled with."""
-    return canonical_json({"purpose": RELAY_PURPOSE, "device_id": device_id, "nonce": nonce})
-
-
-def token_request_message(device_id: str, ts: str, nonce: str) -> bytes:
-    """What the agent signs to ask ``POST /devices/token`` for an access token."""
-    return canonical_json({"purpose": TOKEN_PURPOSE, "device_id": device_id, "ts": ts, "nonce": nonce})

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from fakes import FakeClock
 
+from coact.agent.frames import TaskSpec
 from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
 from coact.policy.document import parse_policy, render_sandbox_policy
-from coact.shared.protocol import TaskSpec
 
 
 def runner(tmp_path: Path) -> tuple[TaskRunner, AgentStore, Path]:
@@ -38,7 +38,7 @@ async def test_a_task_left_running_by_a_dead_process_is_reported_not_rerun(tmp_p
     tasks, store, sandbox = runner(tmp_path)
     spec = TaskSpec(id="tsk_2", action="file.write", params={"path": str(sandbox / "b.txt"), "content": "x"},
                     timeout_s=5)
-    assert store.begin_task(spec.id, spec.model_dump()) == "new"  # as if the agent died right here
+    assert store.begin_task(spec.id, spec.as_dict()) == "new"  # as if the agent died right here
     result = await tasks.handle(spec)
     assert result is not None
     assert result["status"] == "failed"
