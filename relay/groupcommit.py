@@ -12,7 +12,11 @@ Running whole bodies in the thread costs the event loop one hand-off per write,
 instead of one per SQL statement with an async driver.
 
 Failure isolation: a body that raises rolls back to its savepoint and the error goes
-to that caller alone; a failed commit fails every caller of the group.
+to that caller alone; a failed commit fails every caller of the group. Savepoints
+cost two statements per body, so a group first runs without them: only when one of
+its bodies raises is the transaction rolled back and the group run again, a savepoint
+per body. A body may therefore run twice; it must change nothing but the database and
+the state that ``before_body``'s undo restores.
 """
 
 from __future__ import annotations
@@ -114,6 +118,34 @@ class GroupCommit:
                     return
 
     def _run_group(self, conn: Connection, group: list[_Job[Any]]) -> None:
+        if not self._run_without_savepoints(conn, group):
+            self._run_with_savepoints(conn, group)
+        for loop, jobs in _by_loop(group).items():
+            loop.call_soon_threadsafe(_settle, jobs)
+
+    def _run_without_savepoints(self, conn: Connection, group: list[_Job[Any]]) -> bool:
+        """The common case, every body succeeds: one transaction, no savepoints.
+        False (and nothing written, nothing kept) if anything raised, unless the
+        group is one body: then its error is its answer, there is nothing to keep apart."""
+        undo = self._before_body()
+        running: _Job[Any] | None = None
+        try:
+            with conn.begin():
+                for running in group:
+                    running.result = running.body(conn)
+                running = None
+                self._before_commit(conn)
+        except Exception as exc:
+            undo()
+            for job in group:
+                job.result = None
+            if running is not None and len(group) == 1:
+                running.error = exc
+                return True
+            return False
+        return True
+
+    def _run_with_savepoints(self, conn: Connection, group: list[_Job[Any]]) -> None:
         try:
             with conn.begin():
                 for job in group:
@@ -131,8 +163,6 @@ class GroupCommit:
             for job in group:
                 if job.error is None:
                     job.error = exc
-        for loop, jobs in _by_loop(group).items():
-            loop.call_soon_threadsafe(_settle, jobs)
 
 
 def _by_loop(group: list[_Job[Any]]) -> dict[asyncio.AbstractEventLoop, list[_Job[Any]]]:

@@ -40,6 +40,13 @@ from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
 Row = dict[str, Any]
 T = TypeVar("T")
 
+# Every user request reads its user (a disabled account or a changed role must count
+# before the token expires). The rows are kept this long per process: a change made
+# through this process drops them at once, one made through another relay process
+# counts here within this time.
+USER_CACHE_S = 1.0
+USER_CACHE_MAX = 10_000
+
 ACTIVE_TASK_STATUSES = ("queued", "dispatched", "running")
 FINAL_TASK_STATUSES = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "expired")
 
@@ -100,6 +107,8 @@ class Store:
         self._chain_heads: dict[str, ChainHead] = {}
         self._dirty_chains: set[str] = set()
         self._new_chains: dict[str, str] = {}  # chain id -> org id, not yet in relay_chains
+        self._users: dict[tuple[str, str], tuple[float, Row | None]] = {}
+        self._users_generation = 0
         self._writer = GroupCommit(
             writer_engine, before_body=self._snapshot_chain_heads,
             before_commit=self._flush_chain_heads, after_abort=self._forget_chain_heads,
@@ -272,7 +281,22 @@ class Store:
         return await self._one(select(s.users).where(s.users.c.email == email))
 
     async def user_by_id(self, org_id: str, user_id: str) -> Row | None:
-        return await self._one(q.ORG_USER, {"b_id": user_id, "b_org": org_id})
+        """The org's user, as of at most ``USER_CACHE_S`` ago (at once after a change here)."""
+        key, now = (org_id, user_id), self.clock.monotonic()
+        cached = self._users.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        generation = self._users_generation
+        row = await self._one(q.ORG_USER, {"b_id": user_id, "b_org": org_id})
+        if generation == self._users_generation:  # no change here while we read
+            if len(self._users) >= USER_CACHE_MAX:
+                self._users.clear()
+            self._users[key] = (now + USER_CACHE_S, row)
+        return row
+
+    def _forget_users(self) -> None:
+        self._users.clear()
+        self._users_generation += 1
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> None:
         def _body(conn: Connection) -> Any:
@@ -280,6 +304,7 @@ class Store:
                 update(s.users).where(s.users.c.id == user_id).values(password_hash=password_hash)
             )
         await self._write(_body)
+        self._forget_users()
 
     async def issue_refresh_token(
         self, user: Row, token_hash: str, ttl_s: int, family_id: str | None = None
@@ -459,7 +484,10 @@ class Store:
                     conn, org_id, "user.disabled" if new_disabled else "user.enabled",
                     {"user_id": user_id, "by": by, **({"sessions_revoked": revoked} if new_disabled else {})},
                 )
-        await self._write(_body)
+        try:
+            await self._write(_body)
+        finally:
+            self._forget_users()
         row = await self.user_by_id(org_id, user_id)
         assert row is not None
         return row
@@ -478,7 +506,10 @@ class Store:
             self._record_event(
                 conn, org_id, "user.password_changed", {"user_id": user_id, "sessions_revoked": revoked}
             )
-        await self._write(_body)
+        try:
+            await self._write(_body)
+        finally:
+            self._forget_users()
 
     def _revoke_user_sessions(self, conn: Connection, user_id: str) -> int:
         """Revoke every live refresh family of a user; return how many families."""
@@ -926,8 +957,8 @@ class Store:
         """Settle tasks whose time ran out; return the changed rows (id, org, device, status)."""
         t = s.tasks
         now = self.now()
-        changed: list[Row] = []
-        def _body(conn: Connection) -> Any:
+        def _body(conn: Connection) -> list[Row]:
+            changed: list[Row] = []
             stale = conn.execute(
                 select(t).where(
                     or_(
@@ -940,8 +971,8 @@ class Store:
                 new_status = "timed_out" if task.status == "running" else "expired"
                 if self._transition(conn, task, new_status, (task.status,), {"finished_at": now}):
                     changed.append({"id": task.id, "org_id": task.org_id, "device_id": task.device_id, "status": new_status})
-        await self._write(_body)
-        return changed
+            return changed
+        return await self._write(_body)
 
     async def task_counts(self, org_id: str) -> dict[str, int]:
         t = s.tasks

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 from fakes import FakeClock
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from coact.relay import schema
 from coact.relay.errors import Conflict, Gone, NotFound
 from coact.relay.migrations import MIGRATIONS, migrate
-from coact.relay.storage import Row, Store, open_engine
+from coact.relay.storage import USER_CACHE_S, Row, Store, open_engine
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, verify_chain
 from coact.shared.clock import to_rfc3339
@@ -845,6 +845,27 @@ async def test_update_user_role_and_disable_revokes_sessions(store: Store) -> No
         ("user.disabled", {"user_id": user["id"], "by": admin["id"], "sessions_revoked": 2}),
         ("user.enabled", {"user_id": user["id"], "by": admin["id"]}),
     ]
+
+
+async def test_user_reads_see_this_processs_changes_at_once_and_others_within_the_cache_time(
+    store: Store, clock: FakeClock
+) -> None:
+    admin = await new_org(store)
+    org = admin["org_id"]
+    user = await store.create_user(org, f"u-{secrets.token_hex(4)}@example.com", "hash", "viewer", admin["id"])
+    assert (await store.user_by_id(org, user["id"]) or {})["disabled"] is False
+    await store.update_user(org, user["id"], admin["id"], disabled=True)
+    assert (await store.user_by_id(org, user["id"]) or {})["disabled"] is True  # at once: changed here
+
+    def changed_by_another_relay() -> None:
+        with store.engine.begin() as conn:
+            conn.execute(update(schema.users).where(schema.users.c.id == user["id"]).values(role="operator"))
+
+    await asyncio.to_thread(changed_by_another_relay)
+    assert (await store.user_by_id(org, user["id"]) or {})["role"] == "viewer"  # still the cached row
+    clock.advance(USER_CACHE_S + 0.01)
+    assert (await store.user_by_id(org, user["id"]) or {})["role"] == "operator"
+    assert await store.user_by_id("org_other", user["id"]) is None  # the cache keeps orgs apart
 
 
 async def test_the_last_enabled_admin_cannot_be_removed(store: Store) -> None:
