@@ -82,18 +82,21 @@ def enroll(relay_url: str, code: str, name: str | None, data_dir: Path, output: 
         click.echo("No local policy yet: every action is denied until you run `coact policy init`.")
 
 
+def keep_unused_libraries_out() -> None:
+    """sqlite-utils imports pandas and numpy whenever they are installed (the relay's
+    ClickHouse client brings them into a full install). The agent never uses them,
+    and they would cost it ~90 MB of resident memory; in this process only, mark
+    them absent before anything imports them."""
+    for optional in ("pandas", "numpy"):
+        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]
+
+
 @agent_group.command("run")
 @DATA_DIR_OPTION
 @click.option("--log-level", default="INFO", show_default=True)
 def run(data_dir: Path, log_level: str) -> None:
     """Run the agent in the foreground until interrupted (SIGINT/SIGTERM)."""
-    # A full install has pandas and numpy (the relay's ClickHouse client brings them),
-    # and libraries that use them when present import them eagerly (sqlite-utils did,
-    # before the outbox moved to plain sqlite3). The agent never uses them, and they
-    # would cost it ~90 MB of resident memory; in this process only, mark them absent
-    # before anything imports them.
-    for optional in ("pandas", "numpy"):
-        sys.modules.setdefault(optional, None)  # type: ignore[arg-type]
+    keep_unused_libraries_out()
     from coact.agent.runtime import Agent
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

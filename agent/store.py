@@ -16,9 +16,7 @@ Two promises live here, and both rest on SQLite transactions:
 The database runs in WAL mode with ``synchronous=FULL``: a record that
 :meth:`AgentStore.append_audit` returned is on disk, even across power loss.
 All methods are synchronous and thread-safe (one connection behind a lock); the
-asyncio side calls them through ``asyncio.to_thread``. The standard library's
-``sqlite3`` is all this needs: the resident agent stays small without a wrapper
-library (sqlite-utils cost it ~5 MB of resident memory).
+asyncio side calls them through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -26,10 +24,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
+
+import sqlite_utils
 
 from coact.shared.canonical import canonical_json
 from coact.shared.chain import GENESIS, ChainHead, make_record
@@ -85,31 +84,14 @@ class AgentStore:
         self._clock = clock
         self._lock = threading.Lock()
         # One connection shared by every thread; the lock serialises its use.
-        # isolation_level=None: sqlite3 opens no transaction behind our back, so a
-        # statement outside _transaction() commits on its own.
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = sqlite_utils.Database(conn, execute_plugins=False)
+            self._db.enable_wal()
             self._db.execute("PRAGMA synchronous=FULL")
             self._migrate()
         except BaseException:
-            self._db.close()
-            raise
-
-    @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        """The statements of the block commit together, or none do (on any exception)."""
-        self._db.execute("BEGIN")
-        try:
-            yield
-        except BaseException:
-            # A no-op if the error already ended the transaction.
-            self._db.rollback()
-            raise
-        try:
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.rollback()
+            conn.close()
             raise
 
     def _migrate(self) -> None:
@@ -119,7 +101,7 @@ class AgentStore:
                 f"{self.path} has schema version {version}; this agent knows up to "
                 f"{SCHEMA_VERSION} (downgrade is not supported)"
             )
-        with self._transaction():
+        with self._db.atomic():
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[target]:
                     self._db.execute(statement)
@@ -178,7 +160,7 @@ class AgentStore:
         Raises :class:`~coact.shared.errors.CanonicalizationError` (and writes
         nothing) when ``data`` has no canonical JSON form.
         """
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             record = self._append(self._head(), kind, data, task_id)
             self._set_head(ChainHead(record["seq"], record["hash"]))
         return record
@@ -186,7 +168,7 @@ class AgentStore:
     def append_audit_many(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
         """Append several ``(kind, data, task_id)`` records in one transaction (all or none)."""
         records: list[dict[str, Any]] = []
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             head = self._head()
             for kind, data, task_id in items:
                 record = self._append(head, kind, data, task_id)
@@ -201,7 +183,7 @@ class AgentStore:
         For the fleet simulator's in-memory stores, which start empty on every run while
         the relay remembers each device's chain. Refused once anything was appended.
         """
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             if self._head() != GENESIS:
                 raise ValueError("restore_head needs a store with no records yet")
             self._db.execute(
@@ -236,7 +218,7 @@ class AgentStore:
         :class:`ValueError` and deletes nothing. Repeating the last ack is a no-op.
         Returns the number of records deleted.
         """
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             row = self._db.execute(
                 "SELECT hash FROM audit_outbox WHERE seq = ?", [last_seq]
             ).fetchone()
@@ -270,7 +252,7 @@ class AgentStore:
         """
         spec_text = canonical_json(dict(spec)).decode("utf-8")
         now = to_rfc3339(self._clock.now())
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             inserted = self._db.execute(
                 "INSERT INTO task_journal (task_id, spec, state, started_at) "
                 "VALUES (?, ?, 'running', ?) ON CONFLICT (task_id) DO NOTHING",
@@ -291,7 +273,7 @@ class AgentStore:
         """
         result_text = canonical_json(dict(result)).decode("utf-8")
         now = to_rfc3339(self._clock.now())
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             row = self._db.execute(
                 "SELECT state FROM task_journal WHERE task_id = ?", [task_id]
             ).fetchone()
@@ -324,7 +306,7 @@ class AgentStore:
 
     def ack_result(self, task_id: str) -> None:
         """The relay has the result; the journal entry stays so a redelivery is still refused."""
-        with self._lock, self._transaction():
+        with self._lock, self._db.atomic():
             self._db.execute(
                 "UPDATE task_journal SET result_acked = 1 WHERE task_id = ? AND state = 'done'",
                 [task_id],
