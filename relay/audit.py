@@ -126,16 +126,43 @@ class AuditPipeline:
         return head or GENESIS
 
     async def ingest_device_batch(
-        self, device: Row, records: Sequence[Mapping[str, Any]], signature: str
-    ) -> AuditAck | AuditNack:
+        self, device: Row, records: Sequence[Mapping[str, Any]], signature: str, head: ChainHead | None = None
+    ) -> tuple[AuditAck | AuditNack, ChainHead | None]:
+        """Verify and store one batch of the device's chain; return the reply and the
+        chain head after it (None after a refusal).
+
+        ``head`` is the head returned for the previous batch of the same session, or
+        None to read the stored one. A session may keep it because a device speaks on
+        one link at a time and only its batches move its chain. Should the chain have
+        moved anyway (the device went through another relay while this session stayed
+        open), the batch shows a gap or loses the head's compare-and-set, and is
+        checked again against the stored head before anything is answered.
+        """
         device_id, org_id = device["id"], device["org_id"]
         foreign = next((r for r in records if r["device_id"] != device_id), None)
         if foreign is not None:
             await self.store.record_event(
                 org_id, "security.foreign_audit", {"device_id": device_id, "claimed": foreign["device_id"]}
             )
-            return AuditNack(code="foreign_record", detail=f"record {foreign['seq']} names another device")
+            return AuditNack(code="foreign_record", detail=f"record {foreign['seq']} names another device"), None
+        if head is not None:
+            reply = await self._ingest(device, records, signature, head)
+            if not (isinstance(reply, AuditNack) and reply.code in ("gap", "conflict")):
+                return reply, self._head_after(reply, head)
         head = await self._head(device_id, org_id)
+        reply = await self._ingest(device, records, signature, head)
+        return reply, self._head_after(reply, head)
+
+    @staticmethod
+    def _head_after(reply: AuditAck | AuditNack, head: ChainHead) -> ChainHead | None:
+        if isinstance(reply, AuditNack):
+            return None
+        return ChainHead(reply.last_seq, reply.head_hash) if reply.last_seq > head.seq else head
+
+    async def _ingest(
+        self, device: Row, records: Sequence[Mapping[str, Any]], signature: str, head: ChainHead
+    ) -> AuditAck | AuditNack:
+        device_id, org_id = device["id"], device["org_id"]
         stored = [r for r in records if r["seq"] <= head.seq]
         fresh = [r for r in records if r["seq"] > head.seq]
         try:

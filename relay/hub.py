@@ -27,7 +27,7 @@ from coact.relay.routing import Principal
 from coact.relay.settings import Settings
 from coact.relay.storage import Row, Store
 from coact.shared import keys
-from coact.shared.chain import GENESIS
+from coact.shared.chain import GENESIS, ChainHead
 from coact.shared.errors import ProtocolError, SignatureError
 from coact.shared.protocol import (
     MAX_FRAME_BYTES,
@@ -92,6 +92,7 @@ class Session:
     ingesting: asyncio.Task[None] | None = None
     delivering: asyncio.Task[None] | None = None
     more_tasks: bool = False  # nudged while a delivery was running
+    audit_head: ChainHead | None = None  # after the last batch acknowledged (see AuditPipeline)
     protocol_errors: int = 0
 
     @property
@@ -270,8 +271,11 @@ class Hub:
     async def _ingest(self, session: Session, records: list[dict[str, Any]], signature: str) -> None:
         reply: AuditAck | AuditNack
         try:
-            reply = await self.audit.ingest_device_batch(session.device, records, signature)
+            reply, session.audit_head = await self.audit.ingest_device_batch(
+                session.device, records, signature, session.audit_head
+            )
         except Exception as exc:  # the agent keeps its records and resends; the session lives on
+            session.audit_head = None
             log.exception("audit batch from %s could not be ingested", session.device_id)
             reply = AuditNack(code="unavailable", detail=f"audit ingest failed ({type(exc).__name__}); resend later")
         if not session.ws.closed:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,34 @@ async def test_a_token_without_the_key_does_not_open_a_session(devices: tuple[Ap
     with pytest.raises(InvalidStatus) as refused:
         await connect(a.relay.url.replace("http://", "ws://") + "/api/v1/agent/ws")
     assert refused.value.response.status_code == 401
+
+
+async def test_a_chain_moved_through_another_relay_is_checked_against_the_stored_head(
+    relay: Relay, tmp_path: Path
+) -> None:
+    """A session keeps its chain head between batches. If the device meanwhile sent
+    batches through another relay, this session's next batch is checked against the
+    stored head: accepted when it continues the chain there, with no spurious nack."""
+    admin, _ = relay.new_admin()
+    Agent.enroll(relay, admin, tmp_path / "a", tmp_path / "sa")
+    data = tmp_path / "relay-2"
+    data.mkdir(mode=0o700)
+    shutil.copytree(relay.data_dir / "keys", data / "keys")
+    other = Relay(data, database_url=relay.database_url, env={"COACT_RELAY_ID": "relay-2"})
+    other.start()
+    try:
+        here, there = Device(relay, tmp_path / "a"), Device(other, tmp_path / "a")
+        records = chain(here.device_id, 6)
+        ws = await here.session()
+        await ws.send(batch(here, records[:2]))
+        assert (await next_of(ws, "audit_ack", "audit_nack"))["last_seq"] == 2
+        elsewhere = await there.session()
+        await elsewhere.send(batch(there, records[2:4]))
+        assert (await next_of(elsewhere, "audit_ack", "audit_nack"))["last_seq"] == 4
+        await elsewhere.close()
+        await ws.send(batch(here, records[4:]))
+        reply = await next_of(ws, "audit_ack", "audit_nack")
+        assert reply == {**reply, "type": "audit_ack", "last_seq": 6, "head_hash": records[5]["hash"]}
+        await ws.close()
+    finally:
+        other.stop()

@@ -164,6 +164,21 @@ async def _results(fleet: Fleet, ids: set[str]) -> list[dict[str, Any]]:
         await session.close()
 
 
+def phases(tasks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Where the time went, from the task's own stamps (relay and agent share this
+    machine's clock): relay until the agent's ``task_received`` is recorded, the agent
+    from then until its action finished, and the relay storing the result."""
+    parts: dict[str, list[float]] = {"to_agent_and_back": [], "agent": [], "storing_result": []}
+    ts = perfkit.parse_ts
+    for t in tasks:
+        if not (t.get("started_at") and (t.get("result") or {}).get("finished_at")):
+            continue
+        parts["to_agent_and_back"].append(ts(t["started_at"]) - ts(t["created_at"]))
+        parts["agent"].append(ts(t["result"]["finished_at"]) - ts(t["started_at"]))
+        parts["storing_result"].append(ts(t["updated_at"]) - ts(t["result"]["finished_at"]))
+    return {name: perfkit.summary_ms(values) for name, values in parts.items() if values}
+
+
 def floor() -> dict[str, float]:
     server = perfkit.FloorServer()
     try:
@@ -201,6 +216,7 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     done = [r for r in rows if r["status"] in FINAL]
     latencies = [perfkit.parse_ts(r["updated_at"]) - perfkit.parse_ts(r["created_at"]) for r in done]
     result["latency"] = perfkit.summary_ms(latencies)
+    result["phases"] = phases(done)
     result["post"] = perfkit.summary_ms(post_times)
     first = min(perfkit.parse_ts(r["created_at"]) for r in done)
     last = max(perfkit.parse_ts(r["updated_at"]) for r in done)
