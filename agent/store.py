@@ -167,13 +167,18 @@ class AgentStore:
 
     def append_audit_many(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
         """Append several ``(kind, data, task_id)`` records in one transaction (all or none)."""
-        records: list[dict[str, Any]] = []
         with self._lock, self._db.atomic():
-            head = self._head()
-            for kind, data, task_id in items:
-                record = self._append(head, kind, data, task_id)
-                head = ChainHead(record["seq"], record["hash"])
-                records.append(record)
+            return self._append_items(items)
+
+    def _append_items(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
+        """Append records inside the caller's transaction."""
+        records: list[dict[str, Any]] = []
+        head = self._head()
+        for kind, data, task_id in items:
+            record = self._append(head, kind, data, task_id)
+            head = ChainHead(record["seq"], record["hash"])
+            records.append(record)
+        if records:
             self._set_head(head)
         return records
 
@@ -245,10 +250,11 @@ class AgentStore:
 
     # -- task journal ------------------------------------------------------------
 
-    def begin_task(self, task_id: str, spec: Mapping[str, Any]) -> TaskState:
+    def begin_task(self, task_id: str, spec: Mapping[str, Any], audit: Iterable[AuditItem] = ()) -> TaskState:
         """Journal ``task_id`` as running and return ``"new"``, or return its known state.
 
-        Only a ``"new"`` answer allows the caller to execute the task.
+        Only a ``"new"`` answer allows the caller to execute the task; the ``audit``
+        records are appended with the journal entry, and only then.
         """
         spec_text = canonical_json(dict(spec)).decode("utf-8")
         now = to_rfc3339(self._clock.now())
@@ -259,14 +265,16 @@ class AgentStore:
                 [task_id, spec_text, now],
             ).rowcount
             if inserted:
+                self._append_items(audit)
                 return "new"
             state = self._db.execute(
                 "SELECT state FROM task_journal WHERE task_id = ?", [task_id]
             ).fetchone()[0]
         return "done" if state == "done" else "running"
 
-    def finish_task(self, task_id: str, result: Mapping[str, Any]) -> None:
-        """Store the result of a journaled task and mark it done.
+    def finish_task(self, task_id: str, result: Mapping[str, Any], audit: Iterable[AuditItem] = ()) -> None:
+        """Store the result of a journaled task and mark it done, with the ``audit``
+        records that say how it ended (one transaction: both or neither).
 
         Raises :class:`KeyError` for a task that was never begun and
         :class:`ValueError` for one that is already done (its first result stands).
@@ -287,6 +295,7 @@ class AgentStore:
                 "WHERE task_id = ?",
                 [result_text, now, task_id],
             )
+            self._append_items(audit)
 
     def task_result(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:

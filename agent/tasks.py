@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from coact.agent.executors import execute
 from coact.agent.executors.errors import ActionError
 from coact.agent.frames import TaskSpec
-from coact.agent.store import AgentStore
+from coact.agent.store import AgentStore, AuditItem
 from coact.policy.decision import decide
 from coact.policy.document import Policy
 from coact.shared.canonical import sha256_hex
@@ -70,7 +70,8 @@ class TaskRunner:
         # session after a relay restart) must see it as running, not as left over.
         self.running.add(spec.id)
         try:
-            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.as_dict())
+            received = ("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
+            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.as_dict(), [received])
             if state == "done":
                 await self.audit("task.redelivered", {"action": spec.action}, spec.id)
                 return await asyncio.to_thread(self.store.task_result, spec.id)
@@ -82,11 +83,13 @@ class TaskRunner:
             self.running.discard(spec.id)
 
     async def _run(self, spec: TaskSpec) -> dict[str, Any]:
-        await self.audit("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
+        """Run a task just journaled (its ``task.received`` record written with it).
+        Each step's audit records share one transaction with the step's journal write
+        or with the next records: three writes for a task that runs, two for a denial."""
         if spec.expires_at is not None and from_rfc3339(spec.expires_at) <= self.clock.now():
             return await self._finish(spec.id, self._result(spec.id, "failed", None, "expired before it could run", None))
         decision = decide(self.policy, spec.action, spec.params)
-        await self.audit(
+        decided = (
             "policy.decision",
             {"action": spec.action, "outcome": decision.outcome, "reasons": list(decision.reasons), "rule": decision.rule},
             spec.id,
@@ -95,9 +98,13 @@ class TaskRunner:
             why = "; ".join(decision.reasons)
             if decision.outcome == "needs_approval":
                 why = f"needs approval, which this agent cannot verify yet: {why}"
-            return await self._finish(spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None))
+            return await self._finish(
+                spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None), [decided]
+            )
         started = to_rfc3339(self.clock.now())
-        await self.audit("action.started", {"action": spec.action}, spec.id)
+        await asyncio.to_thread(
+            self.store.append_audit_many, [decided, ("action.started", {"action": spec.action}, spec.id)]
+        )
         output: Any = None
         try:
             output = await asyncio.wait_for(execute(spec.action, spec.params, self.policy), spec.timeout_s)
@@ -112,13 +119,13 @@ class TaskRunner:
             log.exception("executor for %s failed", spec.action)
             status, error = "failed", f"internal error: {type(exc).__name__}"
         result = self._result(spec.id, status, output, error, started)
-        await self.audit(
+        finished = (
             "action.finished",
             {"action": spec.action, "status": status, "ok": status == "succeeded", "error": error,
              "output_sha256": sha256_hex(json.dumps(output, sort_keys=True).encode())},
             spec.id,
         )
-        return await self._finish(spec.id, result)
+        return await self._finish(spec.id, result, [finished])
 
     def _result(self, task_id: str, status: str, output: Any, error: str | None, started: str | None) -> dict[str, Any]:
         return {
@@ -131,6 +138,6 @@ class TaskRunner:
             "finished_at": to_rfc3339(self.clock.now()),
         }
 
-    async def _finish(self, task_id: str, result: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.to_thread(self.store.finish_task, task_id, result)
+    async def _finish(self, task_id: str, result: dict[str, Any], audit: Sequence[AuditItem] = ()) -> dict[str, Any]:
+        await asyncio.to_thread(self.store.finish_task, task_id, result, audit)
         return result

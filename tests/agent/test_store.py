@@ -214,6 +214,19 @@ def test_finish_task_rules(store: AgentStore) -> None:
     assert store.task_result("t1") == {"ok": True}
 
 
+def test_journal_writes_carry_their_audit_records_or_none(store: AgentStore) -> None:
+    received = ("task.received", {"action": "file.stat"}, "t1")
+    assert store.begin_task("t1", {}, [received]) == "new"
+    assert store.begin_task("t1", {}, [received]) == "running"  # a redelivery audits nothing here
+    finished = ("action.finished", {"ok": True}, "t1")
+    store.finish_task("t1", {"ok": True}, [finished])
+    with pytest.raises(ValueError, match="already finished"):
+        store.finish_task("t1", {"ok": False}, [finished])
+    records = store.pending_audit(10)
+    assert [(r["kind"], r["task_id"]) for r in records] == [("task.received", "t1"), ("action.finished", "t1")]
+    assert verify_chain(records, start=GENESIS, device_id=store.device_id).seq == 2
+
+
 def test_results_wait_for_ack_in_finish_order(db_path: Path) -> None:
     with AgentStore(db_path, DEVICE, StepClock()) as store:
         for task_id in ("a", "b", "c"):
