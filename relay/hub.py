@@ -146,9 +146,7 @@ class Hub:
 
     async def handle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Serve the socket of the device ``principal`` (its token already checked by routing)."""
-        device = await self.store.device(principal.org_id, principal.subject)
-        if device is None:
-            raise Unauthorized("unknown device")
+        device = await self._session_device(principal)
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~8x memory per connection
             max_msg_size=MAX_FRAME_BYTES,
@@ -190,6 +188,14 @@ class Hub:
             if not ws.closed:
                 await ws.close()
         return ws
+
+    async def _session_device(self, principal: Principal) -> Row:
+        """What a session keeps of its device: a whole row (last telemetry, tags)
+        would be held for as long as the device stays connected."""
+        row = await self.store.device(principal.org_id, principal.subject)
+        if row is None:
+            raise Unauthorized("unknown device")
+        return {"id": row["id"], "org_id": row["org_id"], "public_key": row["public_key"]}
 
     async def _prove_key(self, ws: web.WebSocketResponse, device: Row) -> bool:
         nonce = secrets.token_urlsafe(32)
@@ -280,6 +286,7 @@ class Hub:
             reply = AuditNack(code="unavailable", detail=f"audit ingest failed ({type(exc).__name__}); resend later")
         if not session.ws.closed:
             await session.send(reply)
+        session.ingesting = None  # a finished task is not kept for the session's life
 
     async def _store_result(self, session: Session, message: TaskResult) -> None:
         status = "failed" if message.status == "denied" else message.status
@@ -361,6 +368,7 @@ class Hub:
             for task_id in sendable:
                 await session.send(_task_message(tasks[task_id]))
             if len(found) < DELIVERY_ROUND and not session.more_tasks:
+                session.delivering = None  # a finished task is not kept for the session's life
                 return
 
 

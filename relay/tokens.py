@@ -210,9 +210,12 @@ class TokenIssuer:
         except jwt.InvalidTokenError as exc:
             raise TokenError("invalid", f"token is invalid: {exc}") from exc
         claims = self._check_claims(payload, kind)
-        if len(self._verified) >= VERIFIED_CACHE_SIZE:
-            self._verified.clear()
-        self._verified[(token, kind)] = (str(_unverified_header(token)["kid"]), payload)
+        # User tokens come back with every API call; a device token opens one session
+        # and is rarely seen again, so remembering it would only cost memory per device.
+        if kind == "user":
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[(token, kind)] = (str(_unverified_header(token)["kid"]), payload)
         return claims
 
     def _check_header(self, token: str, kind: TokenKind) -> Ed25519PublicKey:
