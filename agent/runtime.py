@@ -280,9 +280,12 @@ class Agent:
         if result is not None:
             await link.ws.send(encode(TaskResult(**result)))
 
+    async def _telemetry(self) -> dict[str, Any]:
+        return await asyncio.to_thread(telemetry)
+
     async def _heartbeat_loop(self, link: _Link) -> None:
         while True:
-            figures = await asyncio.to_thread(telemetry)
+            figures = await self._telemetry()
             figures["pending_audit"] = await asyncio.to_thread(self.store.pending_count)
             await link.ws.send(encode(Heartbeat(telemetry=figures)))
             self._write_state()

@@ -6,7 +6,7 @@ SimAgent *is* the resident agent (:class:`coact.agent.runtime.Agent`): the same
 token request, WebSocket handshake (relay signature checked against the pinned key,
 key proof), heartbeat loop, task runner (journal, local policy, real executors) and
 audit loop (hash chain from :func:`coact.shared.chain.make_record`, one signature per
-batch) — only three things differ, so that twenty thousand of them fit in a process:
+batch) — only four things differ, so that twenty thousand of them fit in a process:
 
 * the outbox and task journal are an :class:`~coact.agent.store.AgentStore` in
   memory (``":memory:"``), not a SQLite file per device; it is lost when the
@@ -15,7 +15,9 @@ batch) — only three things differ, so that twenty thousand of them fit in a pr
 * identity, key and policy come from memory, not a data directory; the policy is
   the one ``coact policy init --sandbox`` writes, for a per-device sandbox directory
   under ``--sandbox-dir``, plus a rule allowing ``system.info``;
-* no ``state.json`` is written (``coact agent status`` has nothing to read).
+* no ``state.json`` is written (``coact agent status`` has nothing to read);
+* the machine's telemetry is read at most once a second per process and shared by
+  every simulated device's heartbeat (they all run on the same machine).
 
 So a task sent to a simulated device runs for real: ``file.*`` inside its sandbox
 and ``system.info`` succeed, anything else is denied by the local policy (and
@@ -273,6 +275,15 @@ class _CountingRunner(TaskRunner):
         return await super()._run(spec)
 
 
+@dataclass
+class _SharedTelemetry:
+    figures: dict[str, Any] | None = None
+    taken_at: float = 0.0
+
+
+_shared_telemetry = _SharedTelemetry()
+
+
 class SimAgent(Agent):
     """A real :class:`Agent` with an in-memory store and no state file (module docs)."""
 
@@ -289,6 +300,15 @@ class SimAgent(Agent):
         self.counters = counters
         self.started_at: float | None = None
         self.connected_at: float | None = None
+
+    async def _telemetry(self) -> dict[str, Any]:
+        # Every simulated device runs on this one machine: read it once a second for
+        # all of them, not once per heartbeat each (thousands of /proc reads a second).
+        now = time.monotonic()
+        if _shared_telemetry.figures is None or now - _shared_telemetry.taken_at >= 1.0:
+            _shared_telemetry.taken_at = now
+            _shared_telemetry.figures = await super()._telemetry()
+        return dict(_shared_telemetry.figures)
 
     def _write_state(self) -> None:
         # Called by Agent right after each handshake: the moment this device is online.
