@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import multiprocessing
@@ -459,6 +460,10 @@ class Fleet:
         agent_log.propagate = False
         agent_log.setLevel(logging.WARNING)
         await asyncio.to_thread(self._fill_backlog)
+        # The simulated devices live for the whole run: keep them out of the garbage
+        # collector's full passes, which would otherwise pause every device at once.
+        gc.collect()
+        gc.freeze()
         self.started = time.monotonic()
         agents_stop = asyncio.Event()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -91,6 +92,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             asyncio.create_task(_sweeper(svc), name="task-sweeper"),
             asyncio.create_task(svc.hub.run_watch(), name="relay-watch"),
         ]
+        _freeze_startup_objects()
         try:
             yield
         finally:
@@ -105,6 +107,15 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
 
     app.cleanup_ctx.append(resources)
     return app
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, schemas, engines: most of the relay's
+    objects) out of the cyclic garbage collector's full passes. Each full pass over
+    them stopped the event loop for 40-140 ms under load (the dispatch latency tail);
+    they live as long as the process, so there is nothing there to collect."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

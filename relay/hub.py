@@ -60,13 +60,13 @@ CLOSE_REPLACED = 4409
 AUTH_TIMEOUT_S = 10.0
 MAX_PROTOCOL_ERRORS = 5
 MAX_TELEMETRY_BYTES = 16 * 1024
-# How often a session re-reads its device's status, so that a revocation made through
-# another relay process (which cannot reach this socket) still ends it.
 # How often the relay-wide watch looks for revocations and tasks that other relay
 # processes made, and writes the heartbeats it collected.
 WATCH_INTERVAL_S = 5.0
 # Tasks read and marked per delivery round (one read, one write).
 DELIVERY_ROUND = 200
+# Heartbeats recorded per write by the watch loop.
+TOUCH_SLICE = 200
 
 # The authorization rule of every agent -> relay message type: who may send it, and
 # what it may touch. tests/security/test_route_access.py fails if a type has none.
@@ -340,7 +340,11 @@ class Hub:
                 for device_id in await self.store.devices_with_new_tasks(window_start):
                     self.nudge(device_id)
                 seen, self._seen = self._seen, {}
-                await self.store.touch_devices(seen)
+                # In slices, each its own write: task writes queued meanwhile go between
+                # them instead of waiting behind thousands of heartbeat rows.
+                items = list(seen.items())
+                for start in range(0, len(items), TOUCH_SLICE):
+                    await self.store.touch_devices(dict(items[start:start + TOUCH_SLICE]))
             except Exception:
                 log.exception("relay watch round failed; will retry")
             since = now
