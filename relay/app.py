@@ -91,6 +91,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             asyncio.create_task(audit.run_forwarder(settings.audit_flush_interval_s), name="audit-forwarder"),
             asyncio.create_task(_sweeper(svc), name="task-sweeper"),
             asyncio.create_task(svc.hub.run_watch(), name="relay-watch"),
+            asyncio.create_task(svc.hub.run_running_writer(), name="running-writer"),
         ]
         _freeze_startup_objects()
         try:

@@ -67,6 +67,11 @@ WATCH_INTERVAL_S = 5.0
 DELIVERY_ROUND = 200
 # Heartbeats recorded per write by the watch loop.
 TOUCH_SLICE = 200
+# A device reports each task received at once, then its result. The `running` state
+# is written this much later, for all tasks received meanwhile: a task whose result
+# comes first (most take milliseconds) is written once, with its receipt time as its
+# start, instead of twice.
+RUNNING_WRITE_DELAY_S = 0.05
 
 # The authorization rule of every agent -> relay message type: who may send it, and
 # what it may touch. tests/security/test_route_access.py fails if a type has none.
@@ -112,6 +117,9 @@ class Hub:
         self.sessions: dict[str, Session] = {}
         # Heartbeats are recorded in one write per watch interval, not one each.
         self._seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
+        # (device id, task id) -> (received at, org id): receipts not written yet.
+        self._received: dict[tuple[str, str], tuple[str, str]] = {}
+        self._have_received = asyncio.Event()
 
     def is_online(self, device_id: str) -> bool:
         return device_id in self.sessions
@@ -257,8 +265,8 @@ class Hub:
                     raise ProtocolError(f"telemetry exceeds {MAX_TELEMETRY_BYTES} bytes")
                 self._seen[device_id] = (store.now(), telemetry)
             case TaskReceived(task_id=task_id):
-                if await store.mark_running(device_id, task_id):
-                    self._publish_task(session, task_id, "running")
+                self._received[(device_id, task_id)] = (store.now(), session.device["org_id"])
+                self._have_received.set()
             case TaskResult():
                 await self._store_result(session, message)
             case AuditBatch(records=records, signature=signature):
@@ -299,7 +307,10 @@ class Hub:
             "finished_at": message.finished_at,
             "denied": message.status == "denied",
         }
-        outcome = await self.store.store_result(session.device_id, message.task_id, status, result)
+        receipt = self._received.pop((session.device_id, message.task_id), None)
+        outcome = await self.store.store_result(
+            session.device_id, message.task_id, status, result, received_at=receipt[0] if receipt else None
+        )
         if outcome == "unknown":
             await self.store.record_event(
                 session.device["org_id"], "security.foreign_result",
@@ -314,6 +325,27 @@ class Hub:
         self.events.publish(
             session.device["org_id"], "task", {"task_id": task_id, "device_id": session.device_id, "status": status}
         )
+
+    async def run_running_writer(self, delay_s: float = RUNNING_WRITE_DELAY_S) -> None:
+        """Write the `running` state of the tasks reported received and not finished
+        within ``delay_s``, in one write per round (see RUNNING_WRITE_DELAY_S)."""
+        while True:
+            await self._have_received.wait()
+            self._have_received.clear()
+            await asyncio.sleep(delay_s)
+            received, self._received = self._received, {}
+            if not received:
+                continue
+            try:
+                moved = await self.store.mark_running_many(
+                    [(device_id, task_id, at) for (device_id, task_id), (at, _org) in received.items()]
+                )
+            except Exception:  # the tasks stay dispatched; their results still settle them
+                log.exception("recording %d running tasks failed", len(received))
+                continue
+            for device_id, task_id in moved:
+                org_id = received[(device_id, task_id)][1]
+                self.events.publish(org_id, "task", {"task_id": task_id, "device_id": device_id, "status": "running"})
 
     async def _close_revoked(self, session: Session) -> None:
         log.warning("device %s was revoked; closing its session", session.device_id)

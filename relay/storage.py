@@ -902,25 +902,36 @@ class Store:
             return sendable
         return await self._write(_body)
 
-    async def mark_running(self, device_id: str, task_id: str) -> bool:
-        def _body(conn: Connection) -> Any:
-            task = self._task_row(conn, task_id, device_id)
-            if task is None:
-                return False
-            return self._transition(
-                conn, task, "running", ("queued", "dispatched"),
-                {"started_at": self.now(), "deadline_at": self.later(task.timeout_s + 30)},
-            )
+    async def mark_running(self, device_id: str, task_id: str, received_at: str | None = None) -> bool:
+        return bool(await self.mark_running_many([(device_id, task_id, received_at or self.now())]))
+
+    async def mark_running_many(self, received: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
+        """Mark tasks running as their devices reported them received, in one write:
+        ``(device id, task id, received at)`` each. Returns the ``(device id, task
+        id)`` pairs that moved; another device's task, or one already settled, does not."""
+        def _body(conn: Connection) -> list[tuple[str, str]]:
+            moved = []
+            for device_id, task_id, received_at in received:
+                task = self._task_row(conn, task_id, device_id)
+                if task is not None and self._transition(
+                    conn, task, "running", ("queued", "dispatched"),
+                    {"started_at": received_at, "deadline_at": self.later(task.timeout_s + 30)},
+                ):
+                    moved.append((device_id, task_id))
+            return moved
         return await self._write(_body)
 
     async def store_result(
-        self, device_id: str, task_id: str, status: str, result: Mapping[str, Any]
+        self, device_id: str, task_id: str, status: str, result: Mapping[str, Any],
+        received_at: str | None = None,
     ) -> str:
         """Record a device's result. Returns ``stored``, ``duplicate`` or ``unknown``.
 
         ``unknown`` means no task with that id belongs to *this* device: a device
         cannot report on another's tasks. A result for a task already settled
         (cancelled, timed out) is kept as ``result`` but does not change the status.
+        ``received_at`` is when the device reported the task received, for a task
+        whose ``running`` state was never written (it finished first).
         """
         def _body(conn: Connection) -> Any:
             task = self._task_row(conn, task_id, device_id)
@@ -929,6 +940,8 @@ class Store:
             if task.result is not None:
                 return "duplicate"
             extra = {"result": dict(result), "finished_at": result.get("finished_at") or self.now()}
+            if received_at is not None and task.started_at is None:
+                extra["started_at"] = received_at
             moved = self._transition(
                 conn, task, status, ACTIVE_TASK_STATUSES, extra,
                 {"ok": bool(result.get("ok")), "error": result.get("error")},

@@ -23,6 +23,7 @@ from coact.agent.config import DataDir
 from coact.agent.relay_client import device_token
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch
+from coact.shared.clock import from_rfc3339
 from coact.shared.protocol import auth_message
 
 
@@ -148,6 +149,55 @@ async def test_results_for_another_devices_task_are_refused(devices: tuple[Api, 
     assert "not a task of this device" in error["detail"]
     assert admin.ok("GET", f"/api/v1/tasks/{task['id']}")["result"] is None
     await ws.close()
+
+
+def _result(task_id: str) -> str:
+    return json.dumps({
+        "v": 1, "type": "task_result", "task_id": task_id, "status": "succeeded", "ok": True,
+        "output": {}, "finished_at": "2026-11-26T00:00:00.000000Z",
+    })
+
+
+async def test_receipts_become_running_or_fold_into_the_result_and_stay_with_their_device(
+    devices: tuple[Api, Device, Device],
+) -> None:
+    """A receipt is written as `running` shortly after it arrives, unless the result
+    comes first; either way the task's start is the receipt time, and a receipt
+    another device sends for this task changes nothing."""
+    admin, a, b = devices
+    ws, intruder = await a.session(), await b.session()
+
+    def create() -> str:
+        body = {"device_id": a.device_id, "action": "file.stat", "params": {"path": "/"}}
+        return str(admin.ok("POST", "/api/v1/tasks", body)["id"])
+
+    slow = create()
+    assert (await next_of(ws, "task"))["task"]["id"] == slow
+    await intruder.send(json.dumps({"v": 1, "type": "task_received", "task_id": slow}))
+    await asyncio.sleep(0.3)
+    assert admin.ok("GET", f"/api/v1/tasks/{slow}")["status"] == "dispatched"  # not by another device
+    await ws.send(json.dumps({"v": 1, "type": "task_received", "task_id": slow}))
+    await asyncio.sleep(0.3)
+    running = admin.ok("GET", f"/api/v1/tasks/{slow}")
+    assert running["status"] == "running"
+    assert running["started_at"] is not None
+
+    fast = create()
+    assert (await next_of(ws, "task"))["task"]["id"] == fast
+    await intruder.send(json.dumps({"v": 1, "type": "task_received", "task_id": fast}))
+    await asyncio.sleep(0.1)  # the intruder's receipt is in the relay before a's
+    await ws.send(json.dumps({"v": 1, "type": "task_received", "task_id": fast}))
+    await ws.send(_result(fast))
+    assert (await next_of(ws, "result_ack"))["task_id"] == fast
+    done = admin.ok("GET", f"/api/v1/tasks/{fast}")
+    assert done["status"] == "succeeded"
+    assert done["started_at"] <= done["updated_at"]
+    # The start is a's receipt, not the intruder's, which the relay had 0.1 s earlier.
+    assert (from_rfc3339(done["started_at"]) - from_rfc3339(done["dispatched_at"])).total_seconds() >= 0.09
+    await asyncio.sleep(0.3)
+    assert admin.ok("GET", f"/api/v1/tasks/{fast}")["status"] == "succeeded"  # no late `running`
+    await ws.close()
+    await intruder.close()
 
 
 async def test_malformed_frames_get_errors_then_the_socket_closes(devices: tuple[Api, Device, Device]) -> None:

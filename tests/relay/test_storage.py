@@ -619,6 +619,30 @@ async def test_a_task_needs_an_active_device_of_the_org_and_leaves_nothing_other
     assert (await count(store, schema.tasks), await kinds(store, user["org_id"])) == before
 
 
+async def test_receipts_are_written_in_one_write_or_folded_into_the_result(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    device, other = await new_device(store, user["org_id"]), await new_device(store, user["org_id"])
+    slow = await new_task(store, user["org_id"], device["id"], status="dispatched")
+    fast = await new_task(store, user["org_id"], device["id"], status="dispatched")
+    received_at = store.now()
+    clock.advance(1)
+    moved = await store.mark_running_many([
+        (device["id"], slow["id"], received_at), (other["id"], fast["id"], received_at),  # not other's task
+    ])
+    assert moved == [(device["id"], slow["id"])]
+    row = await store.task(user["org_id"], slow["id"])
+    assert (row or {})["started_at"] == received_at
+
+    clock.advance(1)
+    result = {"ok": True, "finished_at": store.now()}
+    assert await store.store_result(device["id"], fast["id"], "succeeded", result, received_at=received_at) == "stored"
+    row = await store.task(user["org_id"], fast["id"])
+    assert row is not None
+    assert (row["status"], row["started_at"]) == ("succeeded", received_at)
+    events = [e for e in await relay_chain(store, user["org_id"]) if e["task_id"] == fast["id"]]
+    assert [(e["data"].get("from"), e["data"].get("to")) for e in events] == [(None, None), ("dispatched", "succeeded")]
+
+
 async def test_result_from_another_device_is_unknown_and_changes_nothing(store: Store) -> None:
     user = await new_org(store)
     device, intruder = await new_device(store, user["org_id"]), await new_device(store, user["org_id"])
