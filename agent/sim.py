@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import multiprocessing
@@ -66,6 +65,7 @@ from coact.policy.document import Policy, parse_policy, render_sandbox_policy
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead
 from coact.shared.clock import Clock, SystemClock, to_rfc3339, utc_now
+from coact.shared.gcpolicy import settle_long_lived_objects
 
 log = logging.getLogger("coact.agent.sim")
 
@@ -460,10 +460,9 @@ class Fleet:
         agent_log.propagate = False
         agent_log.setLevel(logging.WARNING)
         await asyncio.to_thread(self._fill_backlog)
-        # The simulated devices live for the whole run: keep them out of the garbage
-        # collector's full passes, which would otherwise pause every device at once.
-        gc.collect()
-        gc.freeze()
+        # The simulated devices live for the whole run, and a collector pause stops
+        # every one of them at once (coact.shared.gcpolicy).
+        settle_long_lived_objects()
         self.started = time.monotonic()
         agents_stop = asyncio.Event()
         try:

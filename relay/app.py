@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -36,6 +35,7 @@ from coact.relay.services import Services, login_limits, password_hasher, token_
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
 from coact.shared.clock import Clock, SystemClock
+from coact.shared.gcpolicy import settle_long_lived_objects
 from coact.shared.keys import public_key_b64
 
 log = logging.getLogger("coact.relay")
@@ -93,7 +93,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             asyncio.create_task(svc.hub.run_watch(), name="relay-watch"),
             asyncio.create_task(svc.hub.run_running_writer(), name="running-writer"),
         ]
-        _freeze_startup_objects()
+        settle_long_lived_objects()  # see coact.shared.gcpolicy
         try:
             yield
         finally:
@@ -108,15 +108,6 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
 
     app.cleanup_ctx.append(resources)
     return app
-
-
-def _freeze_startup_objects() -> None:
-    """Keep what start-up made (modules, schemas, engines: most of the relay's
-    objects) out of the cyclic garbage collector's full passes. Each full pass over
-    them stopped the event loop for 40-140 ms under load (the dispatch latency tail);
-    they live as long as the process, so there is nothing there to collect."""
-    gc.collect()
-    gc.freeze()
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:
