@@ -161,9 +161,7 @@ class AgentStore:
         nothing) when ``data`` has no canonical JSON form.
         """
         with self._lock, self._db.atomic():
-            record = self._append(self._head(), kind, data, task_id)
-            self._set_head(ChainHead(record["seq"], record["hash"]))
-        return record
+            return self._append_items([(kind, data, task_id)])[0]
 
     def append_audit_many(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
         """Append several ``(kind, data, task_id)`` records in one transaction (all or none)."""
