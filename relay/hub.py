@@ -65,8 +65,6 @@ MAX_TELEMETRY_BYTES = 16 * 1024
 WATCH_INTERVAL_S = 5.0
 # Tasks read and marked per delivery round (one read, one write).
 DELIVERY_ROUND = 200
-# Heartbeats recorded per write by the watch loop.
-TOUCH_SLICE = 200
 # A device reports each task received at once, then its result. The `running` state
 # is written this much later, for all tasks received meanwhile: a task whose result
 # comes first (most take milliseconds) is written once, with its receipt time as its
@@ -372,11 +370,7 @@ class Hub:
                 for device_id in await self.store.devices_with_new_tasks(window_start):
                     self.nudge(device_id)
                 seen, self._seen = self._seen, {}
-                # In slices, each its own write: task writes queued meanwhile go between
-                # them instead of waiting behind thousands of heartbeat rows.
-                items = list(seen.items())
-                for start in range(0, len(items), TOUCH_SLICE):
-                    await self.store.touch_devices(dict(items[start:start + TOUCH_SLICE]))
+                await self.store.touch_devices(seen)
             except Exception:
                 log.exception("relay watch round failed; will retry")
             since = now

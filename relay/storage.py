@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
     and_,
-    bindparam,
     create_engine,
     delete,
     event,
@@ -46,6 +46,8 @@ T = TypeVar("T")
 # counts here within this time.
 USER_CACHE_S = 1.0
 USER_CACHE_MAX = 10_000
+# Heartbeat rows recorded per write (see touch_devices).
+TOUCH_SLICE = 200
 
 ACTIVE_TASK_STATUSES = ("queued", "dispatched", "running")
 FINAL_TASK_STATUSES = ("rejected", "succeeded", "failed", "timed_out", "cancelled", "expired")
@@ -82,6 +84,13 @@ def open_engine(url: str, pool_size: int = 8) -> Engine:
 
         return engine
     return create_engine(url, pool_size=pool_size, max_overflow=8, pool_pre_ping=True)
+
+
+def _touch(rows: list[dict[str, Any]], conn: Connection) -> None:
+    """One executemany per column set (a device may have sent no telemetry)."""
+    for group in ([r for r in rows if "telemetry" in r], [r for r in rows if "telemetry" not in r]):
+        if group:
+            conn.execute(q.SET_DEVICE, group)
 
 
 def _row(row: Any) -> Row:
@@ -663,25 +672,15 @@ class Store:
         return True
 
     async def touch_devices(self, seen: Mapping[str, tuple[str, Mapping[str, Any] | None]]) -> None:
-        """Record ``last_seen`` (and telemetry) of many devices in one write."""
-        if not seen:
-            return
-        d = s.devices
-        with_telemetry = [
-            {"key": device_id, "last_seen": at, "telemetry": dict(telemetry)}
-            for device_id, (at, telemetry) in seen.items() if telemetry is not None
+        """Record ``last_seen`` (and telemetry) of many devices, ``TOUCH_SLICE`` rows
+        per write: task writes queued meanwhile go between the slices instead of
+        waiting behind thousands of heartbeat rows."""
+        rows = [
+            {"b_id": device_id, "last_seen": at, **({"telemetry": dict(telemetry)} if telemetry is not None else {})}
+            for device_id, (at, telemetry) in seen.items()
         ]
-        without = [{"key": device_id, "last_seen": at} for device_id, (at, telemetry) in seen.items() if telemetry is None]
-
-        def _body(conn: Connection) -> None:
-            if with_telemetry:
-                conn.execute(update(d).where(d.c.id == bindparam("key"))
-                             .values(last_seen=bindparam("last_seen"), telemetry=bindparam("telemetry")),
-                             with_telemetry)
-            if without:
-                conn.execute(update(d).where(d.c.id == bindparam("key")).values(last_seen=bindparam("last_seen")),
-                             without)
-        await self._write(_body)
+        for start in range(0, len(rows), TOUCH_SLICE):
+            await self._write(partial(_touch, rows[start:start + TOUCH_SLICE]))
 
     async def revoked_since(self, since: str) -> list[str]:
         """Devices revoked at or after ``since`` (the hub closes their sessions)."""

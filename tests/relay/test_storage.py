@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from coact.relay import schema
 from coact.relay.errors import Conflict, Gone, NotFound
 from coact.relay.migrations import MIGRATIONS, migrate
-from coact.relay.storage import USER_CACHE_S, Row, Store, open_engine
+from coact.relay.storage import TOUCH_SLICE, USER_CACHE_S, Row, Store, open_engine
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, verify_chain
 from coact.shared.clock import to_rfc3339
@@ -445,6 +445,18 @@ async def test_heartbeats_of_many_devices_in_one_write(store: Store, clock: Fake
     assert second is not None
     assert (first["last_seen"], first["telemetry"]) == (at, {"load_1m": 0.5})
     assert (second["last_seen"], second["telemetry"]) == (at, None)
+
+
+async def test_heartbeats_of_more_devices_than_a_slice_are_all_recorded(store: Store, clock: FakeClock) -> None:
+    user = await new_org(store)
+    devices = [await new_device(store, user["org_id"]) for _ in range(TOUCH_SLICE + 3)]
+    clock.advance(5)
+    at = store.now()
+    await store.touch_devices({d["id"]: (at, {"n": i} if i % 2 else None) for i, d in enumerate(devices)})
+    for i, d in enumerate(devices):
+        row = await store.device(user["org_id"], d["id"])
+        assert row is not None
+        assert (row["last_seen"], row["telemetry"]) == (at, {"n": i} if i % 2 else None)
 
 
 async def test_watch_queries_find_revocations_and_new_tasks(store: Store, clock: FakeClock) -> None:
