@@ -63,6 +63,7 @@ from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
 from coact.policy.document import Policy, parse_policy, render_sandbox_policy
 from coact.shared import keys
+from coact.shared.canonical import use_orjson
 from coact.shared.chain import GENESIS, ChainHead
 from coact.shared.clock import Clock, SystemClock, to_rfc3339, utc_now
 from coact.shared.gcpolicy import settle_long_lived_objects
@@ -459,6 +460,7 @@ class Fleet:
         agent_log.addHandler(handler)
         agent_log.propagate = False
         agent_log.setLevel(logging.WARNING)
+        use_orjson()  # a load generator, not the resident agent's footprint (decision 41)
         await asyncio.to_thread(self._fill_backlog)
         # The simulated devices live for the whole run, and a collector pause stops
         # every one of them at once (coact.shared.gcpolicy).

@@ -586,7 +586,9 @@ def audit_verify(relay_url: str | None, profile: str, output: str, clickhouse_ur
                  device_id: str | None, keys_file: Path | None, org_id: str | None) -> None:
     """Re-verify hash chains and batch signatures of your org's audit trail."""
     from coact.shared.auditcheck import verify_audit
+    from coact.shared.canonical import use_orjson
 
+    use_orjson()  # every record is re-hashed (decision 41)
     session: Session | None = None
     if keys_file is None or (clickhouse_url is None) or org_id is None:
         session = connect(relay_url, profile)

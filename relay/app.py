@@ -34,6 +34,7 @@ from coact.relay.routing import Access, Principal, Route, RouteTable, install
 from coact.relay.services import Services, login_limits, password_hasher, token_issuer
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
+from coact.shared.canonical import use_orjson
 from coact.shared.clock import Clock, SystemClock
 from coact.shared.gcpolicy import settle_long_lived_objects
 from coact.shared.keys import public_key_b64
@@ -94,6 +95,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             asyncio.create_task(svc.hub.run_running_writer(), name="running-writer"),
         ]
         settle_long_lived_objects()  # see coact.shared.gcpolicy
+        use_orjson()  # audit records are hashed by the million here (decision 41)
         try:
             yield
         finally:

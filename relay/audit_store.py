@@ -49,18 +49,30 @@ DEDUP_WINDOW = 10_000
 MAX_PAGE = 10_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
-_RECORD_COLUMNS = (
-    "org_id",
-    "device_id",
-    "seq",
-    "ts",
-    "kind",
-    "task_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
-_BATCH_COLUMNS = ("org_id", "device_id", "last_seq", "head_hash", "signature", "public_key")
+# The columns an insert writes, with their types as the DDL below declares them:
+# inserts name the types so that clickhouse-connect does not ask the table for them
+# (one DESCRIBE per insert, ~3 ms on chDB). A test compares them with the tables.
+_RECORD_TYPES = {
+    "org_id": "LowCardinality(String)",
+    "device_id": "String",
+    "seq": "UInt64",
+    "ts": "String",
+    "kind": "LowCardinality(String)",
+    "task_id": "Nullable(String)",
+    "data": "String",
+    "prev_hash": "String",
+    "hash": "String",
+}
+_BATCH_TYPES = {
+    "org_id": "LowCardinality(String)",
+    "device_id": "String",
+    "last_seq": "UInt64",
+    "head_hash": "String",
+    "signature": "String",
+    "public_key": "String",
+}
+_RECORD_COLUMNS = tuple(_RECORD_TYPES)
+_BATCH_COLUMNS = tuple(_BATCH_TYPES)
 
 _RECORDS_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.audit_records (
@@ -252,12 +264,10 @@ class AuditStore:
         with self._guard() as client:
             # Records first: a batch row always points at stored records. A crash
             # between the two is healed by the redelivery, each insert being idempotent.
-            client.insert(
-                f"{self._db}.audit_records", rows, column_names=_RECORD_COLUMNS, settings=settings
-            )
-            client.insert(
-                f"{self._db}.audit_batches", heads, column_names=_BATCH_COLUMNS, settings=settings
-            )
+            client.insert(f"{self._db}.audit_records", rows, column_names=_RECORD_COLUMNS,
+                          column_type_names=list(_RECORD_TYPES.values()), settings=settings)
+            client.insert(f"{self._db}.audit_batches", heads, column_names=_BATCH_COLUMNS,
+                          column_type_names=list(_BATCH_TYPES.values()), settings=settings)
 
     def stored_hashes(self, org_id: str, device_id: str, seqs: Sequence[int]) -> dict[int, str]:
         """``{seq: hash}`` of those ``seqs`` that are stored (for fork detection)."""

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import secrets
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,14 +274,14 @@ class Hub:
                     return
                 assert session.group is not None
                 session.ingesting = session.group.create_task(
-                    self._ingest(session, [dict(r) for r in records], signature)
+                    self._ingest(session, records, signature)
                 )
             case Error(code=code, detail=detail):
                 log.info("device %s reports %s: %s", device_id, code, detail)
             case _:
                 raise ProtocolError(f"{message.type} is not expected after the handshake")
 
-    async def _ingest(self, session: Session, records: list[dict[str, Any]], signature: str) -> None:
+    async def _ingest(self, session: Session, records: Sequence[Mapping[str, Any]], signature: str) -> None:
         reply: AuditAck | AuditNack
         try:
             reply, session.audit_head = await self.audit.ingest_device_batch(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import rfc8785
@@ -29,9 +31,9 @@ def canonical_json(value: Any) -> bytes:
     """
     if _plain(value):
         try:
-            return _PLAIN_ENCODER.encode(value).encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # a lone surrogate: let rfc8785 give its precise error
+            return _encode_plain(value)
+        except (UnicodeEncodeError, TypeError):
+            pass  # a lone surrogate (orjson: TypeError): let rfc8785 give its precise error
     try:
         try:
             return rfc8785.dumps(value)
@@ -45,22 +47,61 @@ def canonical_json(value: Any) -> bytes:
         raise CanonicalizationError(f"not JSON-serialisable: {exc}") from exc
 
 
-# For values without floats, with ASCII keys and safe ints, the standard library's C
-# encoder already writes RFC 8785: sorted keys (ASCII order is UTF-16 order),
-# no whitespace, the same minimal string escapes, plain integer digits. Audit records
-# are such values, and this path is several times faster than the general one.
-_PLAIN_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
-                                  allow_nan=False, check_circular=False)
+# For "plain" values -- no floats, ASCII keys, safe ints, exact built-in types -- a
+# general JSON encoder that sorts keys and writes no whitespace already produces RFC
+# 8785: ASCII key order is UTF-16 order, and the standard library and orjson both
+# write the same minimal string escapes and plain integer digits. Audit records are
+# such values, and this path is several times faster than the general one.
+_STDLIB_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+                                   allow_nan=False, check_circular=False)
+
+
+def _stdlib_plain(value: Any) -> bytes:
+    return _STDLIB_ENCODER.encode(value).encode("utf-8")
+
+
+_encode_plain: Callable[[Any], bytes] = _stdlib_plain
+
+
+def use_orjson() -> None:
+    """Encode plain values with orjson in this process from now on.
+
+    The bytes are the same (property-tested against rfc8785 with both encoders); only
+    the speed differs: about 0.3 us instead of 5 us for an audit record. The relay,
+    the fleet simulator and ``coact audit verify`` hash records by the million and
+    switch at start; the resident agent hashes one record per action and keeps the
+    standard library's encoder, because importing orjson adds ~1.8 MB to its memory
+    (decision 41).
+    """
+    global _encode_plain
+    import orjson
+
+    _encode_plain = partial(orjson.dumps, option=orjson.OPT_SORT_KEYS)
 
 
 def _plain(value: Any) -> bool:
-    if value is None or value is True or value is False or isinstance(value, str):
+    """True for values both plain encoders write exactly as RFC 8785 does."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return True
-    if type(value) is int:
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if type(value) is dict:
-        return all(type(k) is str and k.isascii() and _plain(v) for k, v in value.items())
-    if type(value) is list:
+    if kind is int:
+        return bool(-_MAX_SAFE_INT <= value <= _MAX_SAFE_INT)
+    if kind is dict:
+        # Scalars inline: records are flat dicts, and a call per value costs as much
+        # as the encoding itself.
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return False
+            item_kind = type(item)
+            if item_kind is str or item_kind is bool or item is None:
+                continue
+            if item_kind is int:
+                if not -_MAX_SAFE_INT <= item <= _MAX_SAFE_INT:
+                    return False
+            elif not _plain(item):
+                return False
+        return True
+    if kind is list:
         return all(_plain(item) for item in value)
     return False  # floats, tuples, subclasses, anything else: the general path decides
 

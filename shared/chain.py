@@ -13,14 +13,16 @@ The same functions serve the agent (append, sign), the relay (verify on ingest) 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coact.shared import keys
-from coact.shared.canonical import canonical_json, digest
+from coact.shared.canonical import canonical_json
 from coact.shared.errors import (
     CanonicalizationError,
     ChainError,
@@ -45,9 +47,17 @@ class ChainHead:
 GENESIS = ChainHead(0, GENESIS_HASH)
 
 
+_HASHED_FIELDS = tuple(name for name in RECORD_FIELDS if name != "hash")
+_hashed_values = itemgetter(*_HASHED_FIELDS)
+
+
 def record_hash(record: Mapping[str, Any]) -> str:
-    body = {name: record[name] for name in RECORD_FIELDS if name != "hash"}
-    return digest(body)
+    """SHA-256 (hex) of the canonical JSON of every field but ``hash``.
+
+    Raises KeyError when a field is missing. Called once per record everywhere a
+    chain is built or checked, hence the direct calls.
+    """
+    return hashlib.sha256(canonical_json(dict(zip(_HASHED_FIELDS, _hashed_values(record), strict=True)))).hexdigest()
 
 
 def make_record(
@@ -83,34 +93,36 @@ def verify_chain(
     Raises :class:`ChainGapError` when the first record is not ``start.seq + 1`` and
     :class:`ChainError` (with ``seq``) naming the first record that does not verify.
     """
-    head = start
+    # Plain locals, not a ChainHead per record: this loop runs once per audit record
+    # the relay ingests.
+    head_seq, head_hash = start.seq, start.hash
     for record in records:
         seq = record.get("seq")
         if not isinstance(seq, int) or isinstance(seq, bool):
-            raise ChainError(f"record after seq {head.seq} has no integer seq", seq=head.seq + 1)
-        if seq != head.seq + 1:
-            if head is start:
+            raise ChainError(f"record after seq {head_seq} has no integer seq", seq=head_seq + 1)
+        if seq != head_seq + 1:
+            if head_seq == start.seq:
                 raise ChainGapError(
-                    f"chain continues at seq {head.seq + 1}, batch starts at {seq}",
-                    expected_seq=head.seq + 1,
+                    f"chain continues at seq {head_seq + 1}, batch starts at {seq}",
+                    expected_seq=head_seq + 1,
                 )
-            raise ChainError(f"seq {seq} follows {head.seq}: records missing or reordered", seq=seq)
+            raise ChainError(f"seq {seq} follows {head_seq}: records missing or reordered", seq=seq)
         if device_id is not None and record.get("device_id") != device_id:
             raise ChainError(f"record {seq} belongs to another device", seq=seq)
-        if record.get("prev_hash") != head.hash:
-            raise ChainError(f"record {seq} does not link to record {head.seq}", seq=seq)
-        missing = [name for name in RECORD_FIELDS if name not in record]
-        if missing:
-            raise ChainError(f"record {seq} lacks {', '.join(missing)}", seq=seq)
+        if record.get("prev_hash") != head_hash:
+            raise ChainError(f"record {seq} does not link to record {head_seq}", seq=seq)
         try:
-            actual = record_hash(record)
+            actual, claimed = record_hash(record), record["hash"]
+        except KeyError:
+            missing = [name for name in RECORD_FIELDS if name not in record]
+            raise ChainError(f"record {seq} lacks {', '.join(missing)}", seq=seq) from None
         except CanonicalizationError as exc:
             # Reachable from the wire: a parsed batch may carry NaN or a huge int.
             raise ChainError(f"record {seq} has no canonical form: {exc}", seq=seq) from exc
-        if actual != record["hash"]:
+        if actual != claimed:
             raise ChainError(f"record {seq} was altered: its hash does not match its content", seq=seq)
-        head = ChainHead(seq, record["hash"])
-    return head
+        head_seq, head_hash = seq, claimed
+    return start if head_seq == start.seq else ChainHead(head_seq, head_hash)
 
 
 def check_overlap(stored: Mapping[int, str], records: Iterable[Mapping[str, Any]]) -> None:

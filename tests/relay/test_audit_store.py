@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coact.relay.audit_store import AuditStore, parse_url
+from coact.relay.audit_store import _BATCH_TYPES, _RECORD_TYPES, AuditStore, parse_url
 from coact.shared import keys
 from coact.shared.auditcheck import Finding, verify_audit
 from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch, verify_chain
@@ -82,6 +82,19 @@ def test_parse_url() -> None:
 def test_ensure_schema_is_idempotent(store: AuditStore) -> None:
     store.ensure_schema()
     store.ensure_schema()
+
+
+@pytest.mark.parametrize(("table", "declared"), [("audit_records", _RECORD_TYPES), ("audit_batches", _BATCH_TYPES)])
+def test_inserts_name_the_types_the_tables_have(store: AuditStore, table: str, declared: dict[str, str]) -> None:
+    # Inserts pass these types instead of asking the table; a type changed in the DDL
+    # alone would otherwise be written in the wrong format.
+    with store._guard() as client:
+        result = client.query(
+            "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {table:String}",
+            parameters={"db": store.database, "table": table},
+        )
+    actual = dict(result.result_rows)
+    assert {name: actual.get(name) for name in declared} == declared
 
 
 def test_a_second_chdb_path_in_this_process_is_refused(store: AuditStore, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,8 +14,20 @@ import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coact.shared import canonical
 from coact.shared.canonical import canonical_json, digest, sha256_hex
 from coact.shared.errors import CanonicalizationError, CoactError
+
+
+@pytest.fixture(autouse=True, scope="module", params=["stdlib", "orjson"])
+def plain_encoder(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs with each encoder of plain values (see canonical.use_orjson)."""
+    before = canonical._encode_plain
+    if request.param == "orjson":
+        canonical.use_orjson()
+        assert canonical._encode_plain is not before
+    yield str(request.param)
+    canonical._encode_plain = before
 
 
 def test_rfc8785_section_3_2_2_main_example() -> None:
