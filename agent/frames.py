@@ -126,8 +126,11 @@ class TaskResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditBatch:
+    """Records as the outbox keeps them: each one's canonical JSON text, written into
+    the frame as it is (:func:`encode`), never parsed and encoded again."""
+
     type: ClassVar[str] = "audit_batch"
-    records: list[dict[str, Any]]
+    records: list[str]
     signature: str
 
 
@@ -140,6 +143,10 @@ def encode(message: AgentMessage) -> str:
     The relay validates what it receives; this only writes. ``allow_nan=False``: a
     NaN or infinity has no JSON form, so it fails here rather than at the relay.
     """
+    if isinstance(message, AuditBatch):
+        # Each text is a JSON object this agent wrote (canonical_json at append).
+        return (f'{{"v":{PROTOCOL_VERSION},"type":"audit_batch","records":[{",".join(message.records)}],'
+                f'"signature":{json.dumps(message.signature)}}}')
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": message.type}
     for spec in fields(message):
         body[spec.name] = getattr(message, spec.name)

@@ -46,7 +46,7 @@ from coact.agent.frames import (
 from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
 from coact.shared import keys
-from coact.shared.chain import ChainHead, sign_batch
+from coact.shared.chain import sign_batch
 from coact.shared.clock import Clock, SystemClock, to_rfc3339
 from coact.shared.errors import ProtocolError, SignatureError
 from coact.shared.wire import (
@@ -294,16 +294,15 @@ class Agent:
     async def _audit_loop(self, link: _Link) -> None:
         device_id = self.identity.device_id
         while True:
-            records = await asyncio.to_thread(self.store.pending_audit, self.options.audit_batch)
-            if not records:
+            batch = await asyncio.to_thread(self.store.pending_batch, self.options.audit_batch)
+            if batch is None:
                 self.audit_wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.audit_wakeup.wait(), 5)
                 continue
-            last = records[-1]
-            signature = sign_batch(self.key, device_id, ChainHead(last["seq"], last["hash"]))
+            signature = sign_batch(self.key, device_id, batch.head)
             # The relay validates the records as AuditRecords; they are the outbox rows as written.
-            await link.ws.send(encode(AuditBatch(records=records, signature=signature)))
+            await link.ws.send(encode(AuditBatch(records=batch.records, signature=signature)))
             try:
                 reply = await asyncio.wait_for(link.audit_reply.get(), self.options.audit_ack_timeout_s)
             except TimeoutError:

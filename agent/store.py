@@ -25,6 +25,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,14 @@ SCHEMA_VERSION = 1
 TaskState = Literal["new", "running", "done"]
 AuditItem = tuple[str, Mapping[str, Any] | None, str | None]
 """``(kind, data, task_id)``, as taken by :meth:`AgentStore.append_audit_many`."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxBatch:
+    """Records waiting for the relay's ack (:meth:`AgentStore.pending_batch`)."""
+
+    head: ChainHead  # the last record: what the batch signature covers
+    records: list[str]  # each record's canonical JSON, oldest first
 
 # Migrations by target version; migration N brings a version N-1 database to N.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -208,6 +217,24 @@ class AgentStore:
                 "SELECT record FROM audit_outbox ORDER BY seq LIMIT ?", [limit]
             ).fetchall()
         return [json.loads(row[0]) for row in rows]
+
+    def pending_batch(self, limit: int) -> OutboxBatch | None:
+        """Up to ``limit`` records not yet acked, oldest first, as the JSON text stored
+        at append (canonical, so exactly what was hashed), or None when none wait.
+
+        The upload puts these texts into the frame as they are: a million buffered
+        records are read, not parsed and encoded again.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, hash, record FROM audit_outbox ORDER BY seq LIMIT ?", [limit]
+            ).fetchall()
+        if not rows:
+            return None
+        last_seq, last_hash, _ = rows[-1]
+        return OutboxBatch(ChainHead(int(last_seq), str(last_hash)), [str(row[2]) for row in rows])
 
     def pending_count(self) -> int:
         with self._lock:

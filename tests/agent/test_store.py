@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coact.agent.store import SCHEMA_VERSION, AgentStore
+from coact.shared.canonical import canonical_json
 from coact.shared.chain import GENESIS, ChainHead, verify_chain
 from coact.shared.errors import CanonicalizationError
 
@@ -88,6 +90,21 @@ def test_pending_audit_is_oldest_first_and_limited(store: AgentStore) -> None:
     assert store.pending_audit(0) == []
     with pytest.raises(ValueError, match="negative"):
         store.pending_audit(-1)
+
+
+def test_pending_batch_is_the_stored_canonical_text_and_its_head(store: AgentStore) -> None:
+    assert store.pending_batch(10) is None
+    records = [store.append_audit("tick", {"n": n, "text": "é\n"}) for n in range(5)]
+    batch = store.pending_batch(3)
+    assert batch is not None
+    assert batch.records == [canonical_json(r).decode() for r in records[:3]]
+    assert batch.head == ChainHead(3, records[2]["hash"])
+    store.ack_audit(3, records[2]["hash"])
+    rest = store.pending_batch(10)
+    assert rest is not None
+    assert [json.loads(text) for text in rest.records] == records[3:]
+    with pytest.raises(ValueError, match="at least 1"):
+        store.pending_batch(0)
 
 
 def test_chain_continues_across_close_and_reopen(db_path: Path) -> None:
