@@ -60,6 +60,10 @@ log = logging.getLogger("coact.agent")
 
 AGENT_VERSION = "0.1.0"
 CLOSE_REVOKED = 4403
+# Records per audit frame are also bounded by size: a thousand large records would
+# exceed the relay's frame limit and be refused on every retry. The rest of the frame
+# (type, signature) is under 200 bytes.
+AUDIT_BATCH_BYTES = MAX_FRAME_BYTES - 4096
 
 
 @dataclass(frozen=True)
@@ -294,7 +298,7 @@ class Agent:
     async def _audit_loop(self, link: _Link) -> None:
         device_id = self.identity.device_id
         while True:
-            batch = await asyncio.to_thread(self.store.pending_batch, self.options.audit_batch)
+            batch = await asyncio.to_thread(self.store.pending_batch, self.options.audit_batch, AUDIT_BATCH_BYTES)
             if batch is None:
                 self.audit_wakeup.clear()
                 with contextlib.suppress(TimeoutError):

@@ -218,9 +218,10 @@ class AgentStore:
             ).fetchall()
         return [json.loads(row[0]) for row in rows]
 
-    def pending_batch(self, limit: int) -> OutboxBatch | None:
-        """Up to ``limit`` records not yet acked, oldest first, as the JSON text stored
-        at append (canonical, so exactly what was hashed), or None when none wait.
+    def pending_batch(self, limit: int, max_bytes: int) -> OutboxBatch | None:
+        """The oldest records not yet acked -- at most ``limit`` of them and, but for a
+        first record larger on its own, at most ``max_bytes`` of JSON -- as the text
+        stored at append (canonical, so exactly what was hashed); None when none wait.
 
         The upload puts these texts into the frame as they are: a million buffered
         records are read, not parsed and encoded again.
@@ -231,10 +232,15 @@ class AgentStore:
             rows = self._db.execute(
                 "SELECT seq, hash, record FROM audit_outbox ORDER BY seq LIMIT ?", [limit]
             ).fetchall()
-        if not rows:
-            return None
-        last_seq, last_hash, _ = rows[-1]
-        return OutboxBatch(ChainHead(int(last_seq), str(last_hash)), [str(row[2]) for row in rows])
+        texts: list[str] = []
+        size = 0
+        for seq, hash_, text in rows:
+            size += len(text.encode()) + 1  # and the comma between records
+            if texts and size > max_bytes:
+                break
+            texts.append(text)
+            head = ChainHead(int(seq), str(hash_))
+        return OutboxBatch(head, texts) if texts else None
 
     def pending_count(self) -> int:
         with self._lock:

@@ -237,3 +237,14 @@ def test_nan_is_refused_when_writing() -> None:
     with pytest.raises(ValueError, match="JSON compliant"):
         frames.encode(frames.Heartbeat(telemetry={"load": float("nan")}))
 
+
+
+def test_an_audit_frame_filled_to_the_agents_byte_budget_fits_the_relays_frame_limit() -> None:
+    from coact.agent.runtime import AUDIT_BATCH_BYTES
+    from coact.shared.wire import MAX_FRAME_BYTES, check_frame_size
+
+    text = canonical_json({**RECORD, "data": {"blob": "x" * 3000}}).decode()
+    count = AUDIT_BATCH_BYTES // (len(text) + 1)
+    frame = frames.encode(frames.AuditBatch(records=[text] * count, signature="B" * 88))
+    assert AUDIT_BATCH_BYTES - len(text) < len(frame.encode()) <= MAX_FRAME_BYTES
+    check_frame_size(frame)  # the relay's own size check (raises if over)

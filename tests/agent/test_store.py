@@ -93,18 +93,32 @@ def test_pending_audit_is_oldest_first_and_limited(store: AgentStore) -> None:
 
 
 def test_pending_batch_is_the_stored_canonical_text_and_its_head(store: AgentStore) -> None:
-    assert store.pending_batch(10) is None
+    assert store.pending_batch(10, 1 << 20) is None
     records = [store.append_audit("tick", {"n": n, "text": "é\n"}) for n in range(5)]
-    batch = store.pending_batch(3)
+    batch = store.pending_batch(3, 1 << 20)
     assert batch is not None
     assert batch.records == [canonical_json(r).decode() for r in records[:3]]
     assert batch.head == ChainHead(3, records[2]["hash"])
     store.ack_audit(3, records[2]["hash"])
-    rest = store.pending_batch(10)
+    rest = store.pending_batch(10, 1 << 20)
     assert rest is not None
     assert [json.loads(text) for text in rest.records] == records[3:]
     with pytest.raises(ValueError, match="at least 1"):
-        store.pending_batch(0)
+        store.pending_batch(0, 1 << 20)
+
+
+def test_pending_batch_stays_within_the_byte_budget(store: AgentStore) -> None:
+    records = [store.append_audit("tick", {"text": "é" * 500}) for _ in range(4)]
+    sizes = [len(canonical_json(r)) + 1 for r in records]  # bytes, not characters
+    budget = sizes[0] + sizes[1] + sizes[2] - 1
+    batch = store.pending_batch(10, budget)
+    assert batch is not None
+    assert len(batch.records) == 2
+    assert batch.head == ChainHead(2, records[1]["hash"])
+    # A first record larger than the budget still goes alone, never an empty batch.
+    alone = store.pending_batch(10, 10)
+    assert alone is not None
+    assert len(alone.records) == 1
 
 
 def test_chain_continues_across_close_and_reopen(db_path: Path) -> None:
