@@ -20,8 +20,13 @@ from coact.relay import schema as s
 _t = s.tasks
 _d = s.devices
 
-TASK = select(_t).where(_t.c.id == bindparam("b_id"))
-DEVICE_TASK = select(_t).where(_t.c.id == bindparam("b_id"), _t.c.device_id == bindparam("b_device"))
+# What a state change needs to know of a task, without its JSON columns: a task's
+# params (a file.write's content) or result can be megabytes, and marking it running
+# or storing its result should not decode them.
+_TASK_STATE = (_t.c.id, _t.c.org_id, _t.c.device_id, _t.c.status, _t.c.timeout_s, _t.c.started_at, _t.c.attempts,
+               _t.c.result.is_not(None).label("has_result"))
+TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"))
+DEVICE_TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"), _t.c.device_id == bindparam("b_device"))
 INSERT_TASK = insert(_t)
 # Compare-and-set of a task's status; SET columns come from the execution parameters.
 MOVE_TASK = update(_t).where(_t.c.id == bindparam("b_id"), _t.c.status.in_(bindparam("b_from", expanding=True)))

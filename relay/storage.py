@@ -114,10 +114,13 @@ class Store:
         # Every write of this process goes through one group-commit writer: writes are
         # serialised (so this relay's own audit chains stay gap-free on every database)
         # and share commits under load. Chain heads live in memory between commits:
-        # only this process writes its chains (relay ids are unique per process).
+        # only this process writes its chains (relay ids are unique per process). A
+        # group's events are inserted together just before its commit: one statement
+        # for the group instead of one per state change.
         self._chain_heads: dict[str, ChainHead] = {}
         self._dirty_chains: set[str] = set()
         self._new_chains: dict[str, str] = {}  # chain id -> org id, not yet in relay_chains
+        self._new_events: list[dict[str, Any]] = []  # rows for relay_audit_outbox
         self._users: dict[tuple[str, str], tuple[float, Row | None]] = {}
         self._users_generation = 0
         self._writer = GroupCommit(
@@ -172,13 +175,18 @@ class Store:
     def _snapshot_chain_heads(self) -> Callable[[], None]:
         """Undo for a body that fails: its savepoint is rolled back, so are its events."""
         heads, dirty, new = dict(self._chain_heads), set(self._dirty_chains), dict(self._new_chains)
+        events = len(self._new_events)
 
         def undo() -> None:
             self._chain_heads, self._dirty_chains, self._new_chains = heads, dirty, new
+            del self._new_events[events:]
 
         return undo
 
     def _flush_chain_heads(self, conn: Connection) -> None:
+        if self._new_events:
+            conn.execute(q.INSERT_RELAY_EVENT, self._new_events)
+            self._new_events = []
         chain = s.relay_chains
         for chain_id in sorted(self._dirty_chains):
             head = self._chain_heads[chain_id]
@@ -196,6 +204,7 @@ class Store:
         self._chain_heads.clear()
         self._dirty_chains.clear()
         self._new_chains.clear()
+        self._new_events.clear()
 
     async def ping(self) -> None:
         def _body(conn: Connection) -> Any:
@@ -224,7 +233,7 @@ class Store:
         record = make_record(head, device_id=chain_id, kind=kind, ts=self.now(), data=data, task_id=task_id)
         self._chain_heads[chain_id] = ChainHead(record["seq"], record["hash"])
         self._dirty_chains.add(chain_id)
-        conn.execute(q.INSERT_RELAY_EVENT, {"chain_id": chain_id, "seq": record["seq"], "org_id": org_id, "record": record})
+        self._new_events.append({"chain_id": chain_id, "seq": record["seq"], "org_id": org_id, "record": record})
 
     async def record_event(
         self, org_id: str, kind: str, data: Mapping[str, Any], task_id: str | None = None
@@ -872,10 +881,11 @@ class Store:
         )
         return True
 
-    def _task_row(self, conn: Connection, task_id: str, device_id: str | None = None) -> Any:
+    def _task_state(self, conn: Connection, task_id: str, device_id: str | None = None) -> Any:
+        """The task's id, org, device, status, timeout, start, attempts and ``has_result`` (or None)."""
         if device_id is None:
-            return conn.execute(q.TASK, {"b_id": task_id}).first()
-        return conn.execute(q.DEVICE_TASK, {"b_id": task_id, "b_device": device_id}).first()
+            return conn.execute(q.TASK_STATE, {"b_id": task_id}).first()
+        return conn.execute(q.DEVICE_TASK_STATE, {"b_id": task_id, "b_device": device_id}).first()
 
     async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
         return task_id in await self.mark_dispatched_many(device_id, [task_id])
@@ -886,7 +896,7 @@ class Store:
         def _body(conn: Connection) -> list[str]:
             sendable = []
             for task_id in task_ids:
-                task = self._task_row(conn, task_id, device_id)
+                task = self._task_state(conn, task_id, device_id)
                 if task is None or task.status not in ("queued", "dispatched"):
                     continue
                 if task.status == "dispatched":
@@ -913,7 +923,7 @@ class Store:
         def _body(conn: Connection) -> list[tuple[str, str]]:
             moved = []
             for device_id, task_id, received_at in received:
-                task = self._task_row(conn, task_id, device_id)
+                task = self._task_state(conn, task_id, device_id)
                 if task is not None and self._transition(
                     conn, task, "running", ("queued", "dispatched"),
                     {"started_at": received_at, "deadline_at": self.later(task.timeout_s + 30)},
@@ -935,10 +945,10 @@ class Store:
         whose ``running`` state was never written (it finished first).
         """
         def _body(conn: Connection) -> Any:
-            task = self._task_row(conn, task_id, device_id)
+            task = self._task_state(conn, task_id, device_id)
             if task is None:
                 return "unknown"
-            if task.result is not None:
+            if task.has_result:
                 return "duplicate"
             extra = {"result": dict(result), "finished_at": result.get("finished_at") or self.now()}
             if received_at is not None and task.started_at is None:
@@ -954,7 +964,7 @@ class Store:
 
     async def cancel_task(self, org_id: str, task_id: str, by: str) -> Row:
         def _body(conn: Connection) -> Any:
-            task = self._task_row(conn, task_id)
+            task = self._task_state(conn, task_id)
             if task is None or task.org_id != org_id:
                 raise NotFound("no such task")
             if not self._transition(

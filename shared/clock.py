@@ -31,7 +31,11 @@ def to_rfc3339(moment: datetime) -> str:
     """``2026-11-26T05:31:18.123456Z``: UTC, microseconds, ``Z`` suffix."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime: Coact only handles aware UTC times")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    # isoformat is several times faster than strftime, and this runs a few times
+    # per task; with UTC it always ends in "+00:00".
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def from_rfc3339(text: str) -> datetime:

@@ -776,6 +776,27 @@ async def test_relay_chain_is_gap_free_under_concurrent_writes(store: Store) -> 
     assert [e["kind"] for e in await relay_chain(store, other["org_id"])] == ["user.signup"] + ["test.noise"] * 10
 
 
+async def test_events_of_a_failed_write_leave_no_gap_in_the_group_they_shared(store: Store) -> None:
+    # Events wait in memory until their group commits; a write that fails after
+    # recording one must take it back, or the chain would hold an event of a change
+    # that never happened (and its successors would not link).
+    user = await new_org(store)
+
+    def doomed(conn: Any) -> None:
+        store._record_event(conn, user["org_id"], "test.doomed", {})
+        raise RuntimeError("this write fails after its event")
+
+    outcomes = await asyncio.gather(
+        *(store.record_event(user["org_id"], "test.kept", {"i": i}) for i in range(20)),
+        *(store._write(doomed) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(o, RuntimeError) for o in outcomes) == 5
+    events = await relay_chain(store, user["org_id"])
+    assert [e["kind"] for e in events] == ["user.signup"] + ["test.kept"] * 20
+    verify_chain(events, device_id=store.relay_chain_id(user["org_id"]))
+
+
 async def test_drop_relay_events_keeps_the_rest_of_the_chain(store: Store) -> None:
     user = await new_org(store)
     for i in range(4):
