@@ -13,7 +13,9 @@ the parameters it is executed with.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from functools import cache
+
+from sqlalchemy import Update, bindparam, insert, or_, select, update
 
 from coact.relay import schema as s
 
@@ -28,8 +30,16 @@ _TASK_STATE = (_t.c.id, _t.c.org_id, _t.c.device_id, _t.c.status, _t.c.timeout_s
 TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"))
 DEVICE_TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"), _t.c.device_id == bindparam("b_device"))
 INSERT_TASK = insert(_t)
-# Compare-and-set of a task's status; SET columns come from the execution parameters.
-MOVE_TASK = update(_t).where(_t.c.id == bindparam("b_id"), _t.c.status.in_(bindparam("b_from", expanding=True)))
+
+
+@cache
+def move_task(from_statuses: tuple[str, ...]) -> Update:
+    """Compare-and-set of a task's status from one of ``from_statuses``; SET columns
+    come from the execution parameters. One statement per set of statuses (there are
+    a handful), spelled with OR: SQLAlchemy renders an IN list anew on every execution."""
+    return update(_t).where(_t.c.id == bindparam("b_id"), or_(*(_t.c.status == status for status in from_statuses)))
+
+
 SET_TASK = update(_t).where(_t.c.id == bindparam("b_id"))
 
 DEVICE = select(_d).where(_d.c.id == bindparam("b_id"))

@@ -869,8 +869,8 @@ class Store:
         event: Mapping[str, Any] | None = None,
     ) -> bool:
         """Compare-and-set a task's status; audit the change if it happened."""
-        changed = conn.execute(q.MOVE_TASK, {
-            "b_id": task.id, "b_from": list(from_statuses), "status": new_status, "updated_at": self.now(), **(extra or {}),
+        changed = conn.execute(q.move_task(tuple(from_statuses)), {
+            "b_id": task.id, "status": new_status, "updated_at": self.now(), **(extra or {}),
         })
         if changed.rowcount != 1:
             return False
