@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from harness import Relay
-from perf import bench_audit, bench_dispatch, perfkit
+from perf import bench_audit, bench_dispatch, bench_store, perfkit
 
 from coact.agent.sim import AdminClient, Fleet, FleetOptions, SimIdentity, enroll_fleet
 
@@ -125,6 +125,13 @@ def test_audit_benches_smoke(tmp_path: Path) -> None:
     assert result["nacks"] == 0
     drained = bench_audit.drain(2000, workdir=tmp_path / "drain", do_record=False)
     assert drained["relay_last_seq"] >= 2000
+
+
+def test_store_bench_smoke() -> None:
+    result = bench_store.run(40)
+    assert result["stored"] == result["succeeded"] == 40
+    assert result["relay_events"] == 3 + 2 * 40  # signup, code, enrollment; created + state per task
+    assert bench_store.sqlite_floor(10) > 0
 
 
 def test_floors_smoke() -> None:
