@@ -128,12 +128,18 @@ def _validation_detail(exc: ValidationError, where: str) -> str:
     return "; ".join(parts)
 
 
+def _no_constant(token: str) -> None:
+    # Python's parser takes NaN and Infinity; JSON has no such numbers, and a stored
+    # one is refused by PostgreSQL and cannot be served back as JSON.
+    raise ValueError(f"{token} is not a JSON number")
+
+
 async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise BadRequest(f"expected Content-Type application/json, got {request.content_type or 'none'}")
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw else None
+        data = json.loads(raw, parse_constant=_no_constant) if raw else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -44,7 +44,7 @@ from coact.shared.wire import RELAY_MESSAGE_TYPES as RELAY_MESSAGE_TYPES
 from coact.shared.wire import RELAY_PURPOSE as RELAY_PURPOSE
 from coact.shared.wire import TOKEN_PURPOSE as TOKEN_PURPOSE
 from coact.shared.wire import auth_message as auth_message
-from coact.shared.wire import check_frame_size
+from coact.shared.wire import check_frame_size, refuse_non_finite_numbers
 from coact.shared.wire import relay_challenge_message as relay_challenge_message
 from coact.shared.wire import token_request_message as token_request_message
 
@@ -180,6 +180,7 @@ _relay_adapter: TypeAdapter[RelayMessage] = TypeAdapter(RelayMessage)
 
 def _parse(adapter: TypeAdapter[Any], frame: str | bytes) -> Any:
     check_frame_size(frame)
+    refuse_non_finite_numbers(frame)
     try:
         return adapter.validate_json(frame)
     except ValidationError as exc:

@@ -8,6 +8,7 @@ pydantic (``coact.agent.frames``, decision 33), can import them without loading 
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from coact.shared.canonical import canonical_json
@@ -35,6 +36,34 @@ def check_frame_size(frame: str | bytes) -> None:
         size = len(frame.encode("utf-8", "surrogatepass"))
     if size > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of at least {size} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")
+
+
+def refuse_non_finite_numbers(text: str | bytes) -> None:
+    """Raise :class:`ProtocolError` if ``text`` uses ``NaN`` or ``Infinity`` as a number.
+
+    JSON has no such numbers, but Python's parsers (and pydantic's) accept them, and a
+    stored NaN is refused by PostgreSQL and cannot be served back as JSON: a value that
+    could never be stored would come back on every redelivery. A substring search
+    clears almost every frame; only one that names them is parsed to tell a number
+    from text that merely spells it.
+    """
+    probes = (b"NaN", b"Infinity") if isinstance(text, bytes) else ("NaN", "Infinity")
+    if not any(probe in text for probe in probes):  # type: ignore[operator]
+        return
+    try:
+        json.loads(text, parse_constant=_non_finite)
+    except _NonFiniteNumber as exc:
+        raise ProtocolError(f"{exc} is not a JSON number") from None
+    except ValueError:
+        return  # not JSON at all: the parser that follows says why
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _non_finite(token: str) -> None:
+    raise _NonFiniteNumber(token)
 
 
 def auth_message(device_id: str, nonce: str) -> bytes:

@@ -188,6 +188,11 @@ def test_cancel_and_bad_input_answers(relay: Relay, agent_factory) -> None:
     assert "bogus" in extra.body["detail"]
     malformed = admin.request("POST", "/api/v1/tasks", raw=b"{not json")
     assert malformed.status == 400
+    for number in (b"NaN", b"Infinity", b"-Infinity"):
+        non_finite = admin.request("POST", "/api/v1/tasks", raw=b'{"device_id": "%s", "action": "file.write", '
+                                   b'"params": {"path": "x", "content": "", "n": %s}}' % (device_id.encode(), number))
+        assert non_finite.status == 400
+        assert f"{number.decode().lstrip('-')} is not a JSON number" in non_finite.body["detail"]
     huge = admin.request("POST", "/api/v1/tasks", raw=b'{"x":"' + b"a" * (2 * 1024 * 1024) + b'"}')
     assert huge.status == 413
     for bad in ("..%2f..%2fetc", "%2e%2e", "tsk_%00", "dev_x"):

@@ -151,6 +151,28 @@ async def test_results_for_another_devices_task_are_refused(devices: tuple[Api, 
     await ws.close()
 
 
+async def test_a_result_with_a_non_finite_number_is_refused_and_the_honest_one_stored(
+    devices: tuple[Api, Device, Device],
+) -> None:
+    # JSON has no NaN; a result holding one could never be stored on PostgreSQL, and
+    # the agent would resend it on every reconnect.
+    admin, a, _b = devices
+    task = admin.ok("POST", "/api/v1/tasks", {"device_id": a.device_id, "action": "file.stat", "params": {"path": "/"}})
+    ws = await a.session()
+    await ws.send(json.dumps({
+        "v": 1, "type": "task_result", "task_id": task["id"], "status": "succeeded", "ok": True,
+        "output": {"ratio": float("nan")}, "finished_at": "2026-11-26T00:00:00.000000Z",
+    }))
+    error = await next_of(ws, "error", "result_ack")
+    assert error["type"] == "error"
+    assert "NaN is not a JSON number" in error["detail"]
+    assert admin.ok("GET", f"/api/v1/tasks/{task['id']}")["result"] is None
+    await ws.send(_result(task["id"]))
+    assert (await next_of(ws, "result_ack"))["task_id"] == task["id"]
+    assert admin.ok("GET", f"/api/v1/tasks/{task['id']}")["result"]["ok"] is True
+    await ws.close()
+
+
 def _result(task_id: str) -> str:
     return json.dumps({
         "v": 1, "type": "task_result", "task_id": task_id, "status": "succeeded", "ok": True,

@@ -352,3 +352,21 @@ def test_signatures_do_not_cross_purposes() -> None:
 
 def test_final_statuses_are_task_statuses() -> None:
     assert set(protocol.TaskStatus.__args__) >= protocol.FINAL_STATUSES
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_are_refused(number: str) -> None:
+    frame = ('{"v":1,"type":"task_result","task_id":"t","status":"succeeded","ok":true,'
+             f'"output":{{"x":[1,{number}]}},"finished_at":"x"}}')
+    with pytest.raises(ProtocolError, match=f"{number.lstrip('-')} is not a JSON number"):
+        parse_agent_message(frame)
+    with pytest.raises(ProtocolError, match="is not a JSON number"):
+        parse_agent_message(frame.encode())
+
+
+def test_text_that_spells_nan_is_just_text() -> None:
+    frame = ('{"v":1,"type":"task_result","task_id":"NaN","status":"succeeded","ok":true,'
+             '"output":{"Infinity":"NaN banana"},"finished_at":"x"}')
+    message = parse_agent_message(frame)
+    assert isinstance(message, TaskResult)
+    assert message.output == {"Infinity": "NaN banana"}
