@@ -9,11 +9,13 @@ disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -65,11 +67,25 @@ def sync_url(url: str) -> str:
     return url
 
 
+def _json_dumps(value: Any) -> str:
+    """JSON columns are written with orjson, several times faster than the standard
+    library (a tenth of the writer's instructions per task); what it declines (ints
+    beyond 64 bits, keys that are not strings) takes the standard library's path.
+    Values here never hold NaN or Infinity, which orjson would write as null: the
+    API and the agent wire refuse them. Reads keep the standard library: orjson
+    reads an int beyond 64 bits as a float."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value)
+
+
 def open_engine(url: str, pool_size: int = 8) -> Engine:
     url = sync_url(url)
+    codec: dict[str, Any] = {"json_serializer": _json_dumps}
     if url.startswith("sqlite"):
         engine = create_engine(url, pool_size=pool_size, max_overflow=0,
-                               connect_args={"check_same_thread": False})
+                               connect_args={"check_same_thread": False}, **codec)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -83,7 +99,7 @@ def open_engine(url: str, pool_size: int = 8) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=8, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=8, pool_pre_ping=True, **codec)
 
 
 def _touch(rows: list[dict[str, Any]], conn: Connection) -> None:

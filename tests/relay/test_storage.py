@@ -561,6 +561,20 @@ async def test_deliverable_tasks(store: Store, clock: FakeClock) -> None:
     assert awaiting["id"] not in ids(await store.deliverable_tasks(device["id"]))
 
 
+@pytest.mark.parametrize("value", [
+    {"text": "é\u2028\x00\"\\", "n": [1, 2.5, 1e20, -0.0, None, True]},
+    {"big": 2**70, "small": -(2**63)},  # beyond orjson's 64 bits: the standard library writes it
+])
+async def test_json_columns_keep_their_values(store: Store, value: dict[str, Any]) -> None:
+    user = await new_org(store)
+    device = await new_device(store, user["org_id"])
+    task = await new_task(store, user["org_id"], device["id"], params=value)
+    stored = await store.task(user["org_id"], task["id"])
+    assert stored is not None
+    assert stored["params"] == value
+    assert all(type(a) is type(b) for a, b in zip(stored["params"].values(), value.values(), strict=True))
+
+
 async def test_task_lifecycle_transitions_are_audited(store: Store, clock: FakeClock) -> None:
     user = await new_org(store)
     device = await new_device(store, user["org_id"])
