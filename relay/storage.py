@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
@@ -80,6 +82,28 @@ def _json_dumps(value: Any) -> str:
         return json.dumps(value)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _switch_to_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode=WAL`` (it stays with the file once set).
+
+    While another connection makes the same switch, SQLite answers "database is
+    locked" at once instead of waiting for ``busy_timeout`` (seen with relays, or a
+    relay and a CLI command, opening a new database together), so this waits for
+    the lock itself, as long as ``busy_timeout`` would.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def open_engine(url: str, pool_size: int = 8) -> Engine:
     url = sync_url(url)
     codec: dict[str, Any] = {"json_serializer": _json_dumps}
@@ -92,8 +116,8 @@ def open_engine(url: str, pool_size: int = 8) -> Engine:
             cursor = dbapi_conn.cursor()
             # First: switching a new file to WAL takes a lock, and relays (or a relay and
             # a CLI command) opening it at once must wait for it, not fail.
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            _switch_to_wal(cursor)  # readers never block the writer
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
