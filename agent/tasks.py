@@ -42,6 +42,17 @@ def audit_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def returnable_output_error(output: Any) -> str | None:
+    """Why ``output`` cannot go back in a result frame, or None if it can."""
+    try:
+        size = len(json.dumps(output, allow_nan=False))
+    except ValueError:  # the relay refuses them (decision 42)
+        return "output holds NaN or Infinity, which JSON has no form for"
+    if size > MAX_OUTPUT_BYTES:
+        return "output is too large to return (artifacts come later)"
+    return None
+
+
 class TaskRunner:
     def __init__(self, store: AgentStore, policy: Policy, clock: Clock) -> None:
         self.store = store
@@ -108,9 +119,8 @@ class TaskRunner:
         output: Any = None
         try:
             output = await asyncio.wait_for(execute(spec.action, spec.params, self.policy), spec.timeout_s)
-            status, error = "succeeded", None
-            if len(json.dumps(output)) > MAX_OUTPUT_BYTES:
-                status, error, output = "failed", "output is too large to return (artifacts come later)", None
+            error = returnable_output_error(output)
+            status, output = ("succeeded", output) if error is None else ("failed", None)
         except ActionError as exc:
             status, error = "failed", f"{exc.code}: {exc}"
         except TimeoutError:

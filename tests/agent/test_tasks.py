@@ -9,7 +9,7 @@ from fakes import FakeClock
 
 from coact.agent.frames import TaskSpec
 from coact.agent.store import AgentStore
-from coact.agent.tasks import TaskRunner
+from coact.agent.tasks import MAX_OUTPUT_BYTES, TaskRunner, returnable_output_error
 from coact.policy.document import parse_policy, render_sandbox_policy
 
 
@@ -45,3 +45,10 @@ async def test_a_task_left_running_by_a_dead_process_is_reported_not_rerun(tmp_p
     assert "interrupted" in result["error"]
     assert not (sandbox / "b.txt").exists()
     store.close()
+
+
+def test_outputs_that_cannot_go_back_in_a_result_frame_are_named() -> None:
+    assert returnable_output_error({"ratio": 0.5, "text": "é"}) is None
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert "NaN or Infinity" in str(returnable_output_error({"ratio": [1, bad]}))
+    assert "too large" in str(returnable_output_error("x" * (MAX_OUTPUT_BYTES + 1)))
