@@ -49,6 +49,7 @@ class OutboxBatch:
     head: ChainHead  # the last record: what the batch signature covers
     records: list[str]  # each record's canonical JSON, oldest first
 
+
 # Migrations by target version; migration N brings a version N-1 database to N.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (

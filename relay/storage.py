@@ -164,8 +164,8 @@ class Store:
         self._users: dict[tuple[str, str], tuple[float, Row | None]] = {}
         self._users_generation = 0
         self._writer = GroupCommit(
-            writer_engine, before_body=self._snapshot_chain_heads,
-            before_commit=self._flush_chain_heads, after_abort=self._forget_chain_heads,
+            writer_engine, before_body=self._snapshot_chains,
+            before_commit=self._flush_chains, after_abort=self._forget_chains,
         )
 
     @classmethod
@@ -212,7 +212,7 @@ class Store:
 
         return await asyncio.to_thread(run)
 
-    def _snapshot_chain_heads(self) -> Callable[[], None]:
+    def _snapshot_chains(self) -> Callable[[], None]:
         """Undo for a body that fails: its savepoint is rolled back, so are its events."""
         heads, dirty, new = dict(self._chain_heads), set(self._dirty_chains), dict(self._new_chains)
         events = len(self._new_events)
@@ -223,7 +223,8 @@ class Store:
 
         return undo
 
-    def _flush_chain_heads(self, conn: Connection) -> None:
+    def _flush_chains(self, conn: Connection) -> None:
+        """Write what the group added to the relay's chains, just before its commit."""
         if self._new_events:
             conn.execute(q.INSERT_RELAY_EVENT, self._new_events)
             self._new_events = []
@@ -240,7 +241,8 @@ class Store:
         self._dirty_chains.clear()
         self._new_chains.clear()
 
-    def _forget_chain_heads(self) -> None:
+    def _forget_chains(self) -> None:
+        """After a failed commit: heads are read again from the database."""
         self._chain_heads.clear()
         self._dirty_chains.clear()
         self._new_chains.clear()

@@ -117,7 +117,7 @@ def verify_chain(
             missing = [name for name in RECORD_FIELDS if name not in record]
             raise ChainError(f"record {seq} lacks {', '.join(missing)}", seq=seq) from None
         except CanonicalizationError as exc:
-            # Reachable from the wire: a parsed batch may carry NaN or a huge int.
+            # Reachable from the wire: a parsed batch may carry an int beyond 2**53.
             raise ChainError(f"record {seq} has no canonical form: {exc}", seq=seq) from exc
         if actual != claimed:
             raise ChainError(f"record {seq} was altered: its hash does not match its content", seq=seq)
