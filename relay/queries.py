@@ -29,7 +29,17 @@ _TASK_STATE = (_t.c.id, _t.c.org_id, _t.c.device_id, _t.c.status, _t.c.timeout_s
                _t.c.result.is_not(None).label("has_result"))
 TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"))
 DEVICE_TASK_STATE = select(*_TASK_STATE).where(_t.c.id == bindparam("b_id"), _t.c.device_id == bindparam("b_device"))
-INSERT_TASK = insert(_t)
+# A new task, inserted only if its device is an active device of the org: the check
+# and the insert in one statement. It returns the new id, or no row (the caller then
+# finds out why); a row count is not reliable for INSERT ... SELECT on every driver.
+_NEW_TASK_COLUMNS = ("id", "org_id", "device_id", "action", "params", "status", "risk", "created_by",
+                     "created_at", "updated_at", "timeout_s", "expires_at", "dispatched_at", "attempts")
+INSERT_TASK_FOR_ACTIVE_DEVICE = insert(_t).from_select(
+    _NEW_TASK_COLUMNS,
+    select(*(bindparam(name, type_=_t.c[name].type) for name in _NEW_TASK_COLUMNS)).where(
+        _d.c.id == bindparam("device_id"), _d.c.org_id == bindparam("org_id"), _d.c.status == "active"
+    ),
+).returning(_t.c.id)
 
 
 @cache

@@ -840,17 +840,14 @@ class Store:
             "id": task_id, "org_id": org_id, "device_id": device_id, "action": action,
             "params": dict(params), "status": status, "risk": dict(risk), "created_by": created_by,
             "created_at": now, "updated_at": now, "timeout_s": timeout_s, "expires_at": expires_at,
-            "attempts": 0,
+            "dispatched_at": None, "attempts": 0,
         }
         if status == "dispatched":
             values |= {"dispatched_at": now, "attempts": 1}
         def _body(conn: Connection) -> Any:
-            device = conn.execute(q.ORG_DEVICE, {"b_id": device_id, "b_org": org_id}).first()
-            if device is None:
-                raise NotFound("no such device")
-            if device.status != "active":
-                raise Conflict("device is revoked")
-            conn.execute(q.INSERT_TASK, values)
+            if conn.execute(q.INSERT_TASK_FOR_ACTIVE_DEVICE, values).first() is None:
+                device = conn.execute(q.ORG_DEVICE, {"b_id": device_id, "b_org": org_id}).first()
+                raise NotFound("no such device") if device is None else Conflict("device is revoked")
             self._record_event(
                 conn, org_id, "task.created",
                 {"device_id": device_id, "action": action, "status": status, "by": created_by,
