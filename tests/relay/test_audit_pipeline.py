@@ -1,0 +1,114 @@
+"""AuditPipeline's inserter against a real state database and the real embedded
+ClickHouse engine: small batches share an insert, full ones do not wait.
+
+Merges are stopped on the records table, so its active parts count the inserts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from coact.relay.audit import AuditPipeline
+from coact.relay.audit_store import AuditStore
+from coact.relay.storage import Store
+from coact.shared import keys
+from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch
+from coact.shared.clock import SystemClock
+from coact.shared.protocol import AuditAck
+
+LINGER_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStore]:
+    opened = AuditStore.open(f"chdb://{tmp_path_factory.mktemp('chdb')}?database=pipeline")
+    opened.ensure_schema()
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(f"sqlite:///{tmp_path / 'relay.db'}", SystemClock(), "rly_pipeline",
+                              keys.public_key_b64(Ed25519PrivateKey.generate()))
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def pipeline(store: Store, sink: AuditStore) -> AsyncIterator[AuditPipeline]:
+    audit = AuditPipeline(store, sink, Ed25519PrivateKey.generate(), linger_s=LINGER_S)
+    inserter = asyncio.create_task(audit.run_inserter())
+    yield audit
+    inserter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await inserter
+
+
+def _active_parts(sink: AuditStore) -> int:
+    with sink._guard() as client:
+        return int(client.command(
+            "SELECT count() FROM system.parts WHERE database = {db:String} AND table = 'audit_records' AND active",
+            parameters={"db": sink.database},
+        ))
+
+
+def _stop_merges(sink: AuditStore) -> None:
+    with sink._guard() as client:
+        client.command(f"SYSTEM STOP MERGES `{sink.database}`.audit_records")
+
+
+async def _device(store: Store) -> tuple[dict[str, Any], Ed25519PrivateKey]:
+    user = await store.create_org_with_admin(f"p-{secrets.token_hex(4)}@example.com", "hash", "org")
+    code = secrets.token_hex(32)
+    await store.create_enrollment_code(user["org_id"], user["id"], code, [], ttl_s=600)
+    key = Ed25519PrivateKey.generate()
+    device = await store.enroll_device(code, "box", "linux", keys.public_key_b64(key))
+    return device, key
+
+
+def _batch(device_id: str, key: Ed25519PrivateKey, count: int) -> tuple[list[dict[str, Any]], str]:
+    head, records = GENESIS, []
+    for i in range(count):
+        record = make_record(head, device_id=device_id, kind="test.tick", ts="2026-01-01T00:00:00.000000Z",
+                             data={"i": i})
+        head = ChainHead(record["seq"], record["hash"])
+        records.append(record)
+    return records, sign_batch(key, device_id, head)
+
+
+async def test_small_batches_arriving_together_share_one_insert(
+    store: Store, sink: AuditStore, pipeline: AuditPipeline
+) -> None:
+    _stop_merges(sink)
+    devices = [await _device(store) for _ in range(5)]
+    before = _active_parts(sink)
+    replies = await asyncio.gather(*(
+        pipeline.ingest_device_batch(device, *_batch(device["id"], key, 3)) for device, key in devices
+    ))
+    assert all(isinstance(reply, AuditAck) and reply.last_seq == 3 for reply, _head in replies)
+    assert _active_parts(sink) - before == 1
+    for device, _key in devices:
+        assert [b["last_seq"] for b in sink.batches(device["org_id"], device["id"])] == [3]
+
+
+async def test_a_full_batch_does_not_wait_for_company(
+    store: Store, sink: AuditStore, pipeline: AuditPipeline
+) -> None:
+    device, key = await _device(store)
+    records, signature = _batch(device["id"], key, 1000)
+    started = time.monotonic()
+    reply, head = await pipeline.ingest_device_batch(device, records, signature)
+    assert isinstance(reply, AuditAck)
+    assert head == ChainHead(1000, records[-1]["hash"])
+    assert time.monotonic() - started < LINGER_S / 2  # went in without lingering
