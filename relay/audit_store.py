@@ -46,6 +46,9 @@ from coact.shared.clock import from_rfc3339, to_rfc3339
 
 # How many recent insert blocks each table remembers for deduplication.
 DEDUP_WINDOW = 10_000
+# An insert is on disk when it returns: the relay acks a batch after its insert, and
+# the agent then deletes its copy (decision 43). MergeTree does not fsync by default.
+_DURABILITY = "fsync_after_insert = 1, fsync_part_directory = 1"
 MAX_PAGE = 10_000
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -88,7 +91,7 @@ CREATE TABLE IF NOT EXISTS {db}.audit_records (
     received_at DateTime64(6, 'UTC') DEFAULT now64(6)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (org_id, device_id, seq)
-SETTINGS non_replicated_deduplication_window = {window}
+SETTINGS non_replicated_deduplication_window = {window}, {durability}
 """
 
 _BATCHES_DDL = """
@@ -102,7 +105,7 @@ CREATE TABLE IF NOT EXISTS {db}.audit_batches (
     received_at DateTime64(6, 'UTC') DEFAULT now64(6)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (org_id, device_id, last_seq)
-SETTINGS non_replicated_deduplication_window = {window}
+SETTINGS non_replicated_deduplication_window = {window}, {durability}
 """
 
 
@@ -229,7 +232,9 @@ class AuditStore:
             if not exists:
                 client.command(f"CREATE DATABASE IF NOT EXISTS {self._db}")
             for ddl in (_RECORDS_DDL, _BATCHES_DDL):
-                client.command(ddl.format(db=self._db, window=DEDUP_WINDOW))
+                client.command(ddl.format(db=self._db, window=DEDUP_WINDOW, durability=_DURABILITY))
+            for table in ("audit_records", "audit_batches"):  # tables made before decision 43
+                client.command(f"ALTER TABLE {self._db}.{table} MODIFY SETTING {_DURABILITY}")
 
     def insert_batch(
         self,

@@ -97,6 +97,28 @@ def test_inserts_name_the_types_the_tables_have(store: AuditStore, table: str, d
     assert {name: actual.get(name) for name in declared} == declared
 
 
+def _engine_settings(store: AuditStore) -> dict[str, str]:
+    with store._guard() as client:
+        rows = client.query(
+            "SELECT name, engine_full FROM system.tables WHERE database = {db:String}", parameters={"db": store.database}
+        ).result_rows
+    return {name: engine for name, engine in rows}
+
+
+def test_inserts_are_on_disk_when_they_return(store: AuditStore) -> None:
+    # The relay acks a batch once inserted and the agent deletes its copy, so an
+    # insert must survive a power cut (decision 43). Tables made before the setting
+    # existed get it from ensure_schema.
+    with store._guard() as client:
+        client.command(f"ALTER TABLE `{store.database}`.audit_batches MODIFY SETTING fsync_after_insert = 0")
+    assert "fsync_after_insert = 0" in _engine_settings(store)["audit_batches"]
+    store.ensure_schema()
+    for table in ("audit_records", "audit_batches"):
+        engine = _engine_settings(store)[table]
+        assert "fsync_after_insert = 1" in engine
+        assert "fsync_part_directory = 1" in engine
+
+
 def test_a_second_chdb_path_in_this_process_is_refused(store: AuditStore, tmp_path: Path) -> None:
     # Documents the chDB limit this module is designed around; if a chDB release
     # lifts it, this test says so.
