@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -210,14 +211,11 @@ class AgentStore:
             return self._head()
 
     def pending_audit(self, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` records not yet acked by the relay, oldest first."""
+        """Up to ``limit`` records not yet acked by the relay, oldest first, parsed."""
         if limit < 0:
             raise ValueError("limit must not be negative")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT record FROM audit_outbox ORDER BY seq LIMIT ?", [limit]
-            ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        batch = self.pending_batch(limit, sys.maxsize) if limit else None
+        return [json.loads(text) for text in batch.records] if batch else []
 
     def pending_batch(self, limit: int, max_bytes: int) -> OutboxBatch | None:
         """The oldest records not yet acked -- at most ``limit`` of them and, but for a
