@@ -233,8 +233,15 @@ class AuditStore:
                 client.command(f"CREATE DATABASE IF NOT EXISTS {self._db}")
             for ddl in (_RECORDS_DDL, _BATCHES_DDL):
                 client.command(ddl.format(db=self._db, window=DEDUP_WINDOW, durability=_DURABILITY))
-            for table in ("audit_records", "audit_batches"):  # tables made before decision 43
-                client.command(f"ALTER TABLE {self._db}.{table} MODIFY SETTING {_DURABILITY}")
+            # Tables made before decision 43 get the settings; only those, so that a
+            # fresh install needs no ALTER privilege on a ClickHouse server.
+            engines = client.query(
+                "SELECT name, engine_full FROM system.tables WHERE database = {db:String}",
+                parameters={"db": self.database},
+            ).result_rows
+            for table, engine in engines:
+                if table in ("audit_records", "audit_batches") and "fsync_after_insert = 1" not in engine:
+                    client.command(f"ALTER TABLE {self._db}.{table} MODIFY SETTING {_DURABILITY}")
 
     def insert_batch(
         self,
