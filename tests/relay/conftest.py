@@ -1,4 +1,4 @@
-"""Fixtures for the relay tests: fresh PostgreSQL databases.
+"""Fixtures for the relay tests: fresh PostgreSQL databases, the embedded audit store.
 
 PostgreSQL is expected on 127.0.0.1:5432 with trust auth (``COACT_TEST_PG_URL`` may
 point elsewhere). Each test module that asks for ``pg_database_url`` gets its own
@@ -13,6 +13,22 @@ from collections.abc import Iterator
 
 import pytest
 from pg import fresh_pg_database
+
+from coact.relay.audit_store import AuditStore
+
+
+@pytest.fixture(scope="module")
+def audit_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStore]:
+    """The embedded ClickHouse engine (chDB) with the audit schema, database
+    ``coact_audit``, shared by this test module's tests. chDB runs one engine path
+    per process at a time, so each module's store is closed before the next module
+    opens its own."""
+    opened = AuditStore.open(f"chdb://{tmp_path_factory.mktemp('chdb')}?database=coact_audit")
+    opened.ensure_schema()
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture(scope="module")

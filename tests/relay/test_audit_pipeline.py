@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +27,6 @@ from coact.shared.protocol import AuditAck
 LINGER_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuditStore]:
-    opened = AuditStore.open(f"chdb://{tmp_path_factory.mktemp('chdb')}?database=pipeline")
-    opened.ensure_schema()
-    try:
-        yield opened
-    finally:
-        opened.close()
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await Store.open(f"sqlite:///{tmp_path / 'relay.db'}", SystemClock(), "rly_pipeline",
@@ -46,8 +36,8 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def pipeline(store: Store, sink: AuditStore) -> AsyncIterator[AuditPipeline]:
-    audit = AuditPipeline(store, sink, Ed25519PrivateKey.generate(), linger_s=LINGER_S)
+async def pipeline(store: Store, audit_store: AuditStore) -> AsyncIterator[AuditPipeline]:
+    audit = AuditPipeline(store, audit_store, Ed25519PrivateKey.generate(), linger_s=LINGER_S)
     inserter = asyncio.create_task(audit.run_inserter())
     yield audit
     inserter.cancel()
@@ -55,17 +45,17 @@ async def pipeline(store: Store, sink: AuditStore) -> AsyncIterator[AuditPipelin
         await inserter
 
 
-def _active_parts(sink: AuditStore) -> int:
-    with sink._guard() as client:
+def _active_parts(audit_store: AuditStore) -> int:
+    with audit_store._guard() as client:
         return int(client.command(
             "SELECT count() FROM system.parts WHERE database = {db:String} AND table = 'audit_records' AND active",
-            parameters={"db": sink.database},
+            parameters={"db": audit_store.database},
         ))
 
 
-def _stop_merges(sink: AuditStore) -> None:
-    with sink._guard() as client:
-        client.command(f"SYSTEM STOP MERGES `{sink.database}`.audit_records")
+def _stop_merges(audit_store: AuditStore) -> None:
+    with audit_store._guard() as client:
+        client.command(f"SYSTEM STOP MERGES `{audit_store.database}`.audit_records")
 
 
 async def _device(store: Store) -> tuple[dict[str, Any], Ed25519PrivateKey]:
@@ -88,22 +78,22 @@ def _batch(device_id: str, key: Ed25519PrivateKey, count: int) -> tuple[list[dic
 
 
 async def test_small_batches_arriving_together_share_one_insert(
-    store: Store, sink: AuditStore, pipeline: AuditPipeline
+    store: Store, audit_store: AuditStore, pipeline: AuditPipeline
 ) -> None:
-    _stop_merges(sink)
+    _stop_merges(audit_store)
     devices = [await _device(store) for _ in range(5)]
-    before = _active_parts(sink)
+    before = _active_parts(audit_store)
     replies = await asyncio.gather(*(
         pipeline.ingest_device_batch(device, *_batch(device["id"], key, 3)) for device, key in devices
     ))
     assert all(isinstance(reply, AuditAck) and reply.last_seq == 3 for reply, _head in replies)
-    assert _active_parts(sink) - before == 1
+    assert _active_parts(audit_store) - before == 1
     for device, _key in devices:
-        assert [b["last_seq"] for b in sink.batches(device["org_id"], device["id"])] == [3]
+        assert [b["last_seq"] for b in audit_store.batches(device["org_id"], device["id"])] == [3]
 
 
 async def test_a_full_batch_does_not_wait_for_company(
-    store: Store, sink: AuditStore, pipeline: AuditPipeline
+    store: Store, audit_store: AuditStore, pipeline: AuditPipeline
 ) -> None:
     device, key = await _device(store)
     records, signature = _batch(device["id"], key, 1000)

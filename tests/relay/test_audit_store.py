@@ -8,7 +8,6 @@ its tests and closes it at the end; tests keep apart by using their own org ids.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,8 @@ _orgs = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("chdb")
-
-
-@pytest.fixture(scope="module")
-def store(chdb_dir: Path) -> Iterator[AuditStore]:
-    opened = AuditStore.open(f"chdb://{chdb_dir}?database=coact_audit")
-    opened.ensure_schema()
-    try:
-        yield opened
-    finally:
-        opened.close()
+def store(audit_store: AuditStore) -> AuditStore:
+    return audit_store  # conftest.py; the SQL below names its database, coact_audit
 
 
 @pytest.fixture
