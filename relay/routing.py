@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from coact.relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from coact.shared.wire import refuse_non_finite
 
 ROLES = frozenset({"admin", "operator", "approver", "viewer"})
 ID_PATTERN = re.compile(r"^[a-z]{2,4}_[0-9a-z]{26}$")
@@ -128,18 +129,12 @@ def _validation_detail(exc: ValidationError, where: str) -> str:
     return "; ".join(parts)
 
 
-def _no_constant(token: str) -> None:
-    # Python's parser takes NaN and Infinity; JSON has no such numbers, and a stored
-    # one is refused by PostgreSQL and cannot be served back as JSON.
-    raise ValueError(f"{token} is not a JSON number")
-
-
 async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise BadRequest(f"expected Content-Type application/json, got {request.content_type or 'none'}")
     raw = await request.read()
     try:
-        data = json.loads(raw, parse_constant=_no_constant) if raw else None
+        data = json.loads(raw, parse_constant=refuse_non_finite) if raw else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ pydantic (``coact.agent.frames``, decision 33), can import them without loading 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Literal, NoReturn
 
 from coact.shared.canonical import canonical_json
 from coact.shared.errors import ProtocolError
@@ -51,19 +51,20 @@ def refuse_non_finite_numbers(text: str | bytes) -> None:
     if not any(probe in text for probe in probes):  # type: ignore[operator]
         return
     try:
-        json.loads(text, parse_constant=_non_finite)
-    except _NonFiniteNumber as exc:
-        raise ProtocolError(f"{exc} is not a JSON number") from None
+        json.loads(text, parse_constant=refuse_non_finite)
+    except NonFiniteNumber as exc:
+        raise ProtocolError(str(exc)) from None
     except ValueError:
         return  # not JSON at all: the parser that follows says why
 
 
-class _NonFiniteNumber(ValueError):
-    pass
+class NonFiniteNumber(ValueError):
+    """``NaN``, ``Infinity`` or ``-Infinity`` where JSON allows only numbers."""
 
 
-def _non_finite(token: str) -> None:
-    raise _NonFiniteNumber(token)
+def refuse_non_finite(token: str) -> NoReturn:
+    """``parse_constant`` for :func:`json.loads`, which otherwise accepts them (decision 42)."""
+    raise NonFiniteNumber(f"{token} is not a JSON number")
 
 
 def auth_message(device_id: str, nonce: str) -> bytes:
