@@ -409,9 +409,11 @@ class Fleet:
     def pending(self) -> int:
         return sum(agent.store.pending_count() for agent in self.agents)
 
-    def check_drained(self) -> bool:
-        """Note the moment every agent has connected and every outbox is empty."""
-        if self.drained_at is None and all(a.connected_at is not None for a in self.agents) and self.pending() == 0:
+    def check_drained(self, pending: int | None = None) -> bool:
+        """Note the moment every agent has connected and every outbox is empty
+        (``pending``: the records still buffered, if the caller has just counted them)."""
+        if (self.drained_at is None and all(a.connected_at is not None for a in self.agents)
+                and (self.pending() if pending is None else pending) == 0):
             self.drained_at = time.monotonic()
         return self.drained_at is not None
 
@@ -422,8 +424,7 @@ class Fleet:
         pending = self.pending()
         if self.all_connected_at is None and len(ever) == len(self.agents):
             self.all_connected_at = max(a.connected_at or now for a in ever)
-        if self.drained_at is None and len(ever) == len(self.agents) and pending == 0:
-            self.drained_at = now  # to the progress interval; --stop-when-drained checks more often
+        self.check_drained(pending)  # at the progress interval; --stop-when-drained checks more often
         connect_times = [a.connected_at - a.started_at for a in ever if a.started_at is not None and a.connected_at]
         c = self.counters
         return {
