@@ -13,7 +13,6 @@ The same functions serve the agent (append, sign), the relay (verify on ingest) 
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
@@ -22,7 +21,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coact.shared import keys
-from coact.shared.canonical import canonical_json
+from coact.shared.canonical import canonical_json, digest
 from coact.shared.errors import (
     CanonicalizationError,
     ChainError,
@@ -52,12 +51,9 @@ _hashed_values = itemgetter(*_HASHED_FIELDS)
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of every field but ``hash``.
-
-    Raises KeyError when a field is missing. Called once per record everywhere a
-    chain is built or checked, hence the direct calls.
-    """
-    return hashlib.sha256(canonical_json(dict(zip(_HASHED_FIELDS, _hashed_values(record), strict=True)))).hexdigest()
+    """SHA-256 (hex) of the canonical JSON of every field but ``hash``; KeyError
+    when a field is missing."""
+    return digest(dict(zip(_HASHED_FIELDS, _hashed_values(record), strict=True)))
 
 
 def make_record(
