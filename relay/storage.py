@@ -952,8 +952,8 @@ class Store:
             return sendable
         return await self._write(_body)
 
-    async def mark_running(self, device_id: str, task_id: str, received_at: str | None = None) -> bool:
-        return bool(await self.mark_running_many([(device_id, task_id, received_at or self.now())]))
+    async def mark_running(self, device_id: str, task_id: str) -> bool:
+        return bool(await self.mark_running_many([(device_id, task_id, self.now())]))
 
     async def mark_running_many(self, received: Sequence[tuple[str, str, str]]) -> list[tuple[str, str]]:
         """Mark tasks running as their devices reported them received, in one write:
