@@ -9,7 +9,6 @@ disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +16,6 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -38,6 +36,7 @@ from coact.relay import schema as s
 from coact.relay.errors import Conflict, Gone, NotFound
 from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
 from coact.relay.ids import new_id
+from coact.relay.prepared import column_json
 from coact.shared.chain import GENESIS, ChainHead, make_record
 from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
 
@@ -69,19 +68,6 @@ def sync_url(url: str) -> str:
     return url
 
 
-def _json_dumps(value: Any) -> str:
-    """JSON columns are written with orjson, several times faster than the standard
-    library (a tenth of the writer's instructions per task); what it declines (ints
-    beyond 64 bits, keys that are not strings) takes the standard library's path.
-    Values here never hold NaN or Infinity, which orjson would write as null: the
-    API and the agent wire refuse them. Reads keep the standard library: orjson
-    reads an int beyond 64 bits as a float."""
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError:
-        return json.dumps(value)
-
-
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -106,7 +92,7 @@ def _switch_to_wal(cursor: Any) -> None:
 
 def open_engine(url: str, pool_size: int = 8) -> Engine:
     url = sync_url(url)
-    codec: dict[str, Any] = {"json_serializer": _json_dumps}
+    codec: dict[str, Any] = {"json_serializer": column_json}
     if url.startswith("sqlite"):
         engine = create_engine(url, pool_size=pool_size, max_overflow=0,
                                connect_args={"check_same_thread": False}, **codec)
@@ -130,7 +116,7 @@ def _touch(rows: list[dict[str, Any]], conn: Connection) -> None:
     """One executemany per column set (a device may have sent no telemetry)."""
     for group in ([r for r in rows if "telemetry" in r], [r for r in rows if "telemetry" not in r]):
         if group:
-            conn.execute(q.SET_DEVICE, group)
+            q.SET_DEVICE.run_many(conn, group)
 
 
 def _row(row: Any) -> Row:
@@ -226,7 +212,7 @@ class Store:
     def _flush_chains(self, conn: Connection) -> None:
         """Write what the group added to the relay's chains, just before its commit."""
         if self._new_events:
-            conn.execute(q.INSERT_RELAY_EVENT, self._new_events)
+            q.INSERT_RELAY_EVENT.run_many(conn, self._new_events)
             self._new_events = []
         chain = s.relay_chains
         for chain_id in sorted(self._dirty_chains):
@@ -237,7 +223,7 @@ class Store:
                     public_key=self.relay_audit_key,
                 ))
             else:
-                conn.execute(q.SET_RELAY_HEAD, {"b_chain": chain_id, "seq": head.seq, "hash": head.hash})
+                q.SET_RELAY_HEAD.run(conn, {"b_chain": chain_id, "seq": head.seq, "hash": head.hash})
         self._dirty_chains.clear()
         self._new_chains.clear()
 
@@ -266,7 +252,7 @@ class Store:
         chain_id = self.relay_chain_id(org_id)
         head = self._chain_heads.get(chain_id)
         if head is None:
-            row = conn.execute(q.RELAY_HEAD, {"b_chain": chain_id}).first()
+            row = q.RELAY_HEAD.first(conn, {"b_chain": chain_id})
             if row is None:
                 head = GENESIS
                 self._new_chains[chain_id] = org_id
@@ -753,7 +739,7 @@ class Store:
 
     async def record_presence(self, device: Row, online: bool, reason: str = "") -> None:
         def _body(conn: Connection) -> Any:
-            conn.execute(q.SET_DEVICE, {"b_id": device["id"], "last_seen": self.now()})
+            q.SET_DEVICE.run(conn, {"b_id": device["id"], "last_seen": self.now()})
             self._record_event(
                 conn, device["org_id"], "device.online" if online else "device.offline",
                 {"device_id": device["id"], **({"reason": reason} if reason else {})},
@@ -845,7 +831,7 @@ class Store:
         if status == "dispatched":
             values |= {"dispatched_at": now, "attempts": 1}
         def _body(conn: Connection) -> Any:
-            if conn.execute(q.INSERT_TASK_FOR_ACTIVE_DEVICE, values).first() is None:
+            if q.INSERT_TASK_FOR_ACTIVE_DEVICE.first(conn, values) is None:
                 device = conn.execute(q.ORG_DEVICE, {"b_id": device_id, "b_org": org_id}).first()
                 raise NotFound("no such device") if device is None else Conflict("device is revoked")
             self._record_event(
@@ -908,10 +894,10 @@ class Store:
         event: Mapping[str, Any] | None = None,
     ) -> bool:
         """Compare-and-set a task's status; audit the change if it happened."""
-        changed = conn.execute(q.move_task(tuple(from_statuses)), {
+        changed = q.move_task(tuple(from_statuses)).run(conn, {
             "b_id": task.id, "status": new_status, "updated_at": self.now(), **(extra or {}),
         })
-        if changed.rowcount != 1:
+        if changed != 1:
             return False
         self._record_event(
             conn, task.org_id, "task.state",
@@ -923,8 +909,8 @@ class Store:
     def _task_state(self, conn: Connection, task_id: str, device_id: str | None = None) -> Any:
         """The task's id, org, device, status, timeout, start, attempts and ``has_result`` (or None)."""
         if device_id is None:
-            return conn.execute(q.TASK_STATE, {"b_id": task_id}).first()
-        return conn.execute(q.DEVICE_TASK_STATE, {"b_id": task_id, "b_device": device_id}).first()
+            return q.TASK_STATE.first(conn, {"b_id": task_id})
+        return q.DEVICE_TASK_STATE.first(conn, {"b_id": task_id, "b_device": device_id})
 
     async def mark_dispatched(self, device_id: str, task_id: str) -> bool:
         return task_id in await self.mark_dispatched_many(device_id, [task_id])
@@ -997,7 +983,7 @@ class Store:
                 {"ok": bool(result.get("ok")), "error": result.get("error")},
             )
             if not moved:
-                conn.execute(q.SET_TASK, {"b_id": task_id, "result": dict(result)})
+                q.SET_TASK.run(conn, {"b_id": task_id, "result": dict(result)})
             return "stored"
         return await self._write(_body)
 
@@ -1050,7 +1036,7 @@ class Store:
 
     async def audit_head(self, chain_id: str) -> ChainHead | None:
         def _body(conn: Connection) -> Any:
-            row = conn.execute(q.AUDIT_HEAD, {"b_chain": chain_id}).first()
+            row = q.AUDIT_HEAD.first(conn, {"b_chain": chain_id})
             return ChainHead(row.seq, row.hash) if row else None
         return await self._read(_body)
 
@@ -1062,16 +1048,16 @@ class Store:
             if old is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(q.INSERT_AUDIT_HEAD, {
+                        q.INSERT_AUDIT_HEAD.run(conn, {
                             "chain_id": chain_id, "org_id": org_id, "seq": new.seq, "hash": new.hash,
                             "updated_at": self.now(),
                         })
                 except IntegrityError:
                     return False
                 return True
-            moved = conn.execute(q.MOVE_AUDIT_HEAD, {
+            moved = q.MOVE_AUDIT_HEAD.run(conn, {
                 "b_chain": chain_id, "b_seq": old.seq, "b_hash": old.hash, "seq": new.seq, "hash": new.hash,
                 "updated_at": self.now(),
             })
-            return moved.rowcount == 1
+            return moved == 1
         return await self._write(_body)
