@@ -116,6 +116,19 @@ def relay_process(relay: harness.Relay) -> psutil.Process:
     return psutil.Process(relay.proc.pid)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live children (simulator workers)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for each in [process, *process.children(recursive=True)]:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def login(relay: harness.Relay) -> tuple[harness.Api, str]:
     """A fresh org's admin: the API client and the email (the password is harness.PASSWORD)."""
     api, user = relay.new_admin()
