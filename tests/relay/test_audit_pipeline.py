@@ -102,3 +102,44 @@ async def test_a_full_batch_does_not_wait_for_company(
     assert isinstance(reply, AuditAck)
     assert head == ChainHead(1000, records[-1]["hash"])
     assert time.monotonic() - started < LINGER_S / 2  # went in without lingering
+
+
+class _CountingAuditStore(AuditStore):
+    """The real store; counts the head lookups it is asked for."""
+
+    lookups = 0
+
+    def heads(self, chains: Any) -> Any:
+        type(self).lookups += 1
+        return super().heads(chains)
+
+
+async def test_a_new_relay_adopts_clickhouse_heads_for_many_chains_in_few_lookups(
+    store: Store, audit_store: AuditStore
+) -> None:
+    """Rows that reached ClickHouse before a relay died, their heads not yet recorded in
+    the state database: the next process adopts them the first time each chain sends,
+    and the first batches of a reconnecting fleet share the lookups."""
+    devices = [await _device(store) for _ in range(12)]
+    nexts = []
+    for device, key in devices:
+        records, _signature = _batch(device["id"], key, 6)
+        first, rest = records[:4], records[4:]
+        audit_store.insert_batch(device["org_id"], first, sign_batch(key, device["id"], ChainHead(4, first[-1]["hash"])),
+                                 keys.public_key_b64(key))
+        assert await store.audit_head(device["id"]) is None  # the relay died here
+        nexts.append((device, rest, sign_batch(key, device["id"], ChainHead(6, rest[-1]["hash"]))))
+    counting = _CountingAuditStore(audit_store._client, audit_store.database)  # the same engine, counted
+    audit = AuditPipeline(store, counting, Ed25519PrivateKey.generate())
+    inserter = asyncio.create_task(audit.run_inserter())
+    try:
+        replies = await asyncio.gather(*(audit.ingest_device_batch(d, rest, sig) for d, rest, sig in nexts))
+    finally:
+        inserter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await inserter
+    assert all(isinstance(reply, AuditAck) and reply.last_seq == 6 for reply, _head in replies)
+    for device, rest, _sig in nexts:
+        assert await store.audit_head(device["id"]) == ChainHead(6, rest[-1]["hash"])
+        assert [r["seq"] for r in audit_store.records(device["org_id"], device_id=device["id"])] == [1, 2, 3, 4, 5, 6]
+    assert 1 <= _CountingAuditStore.lookups < len(devices) / 2

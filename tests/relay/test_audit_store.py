@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from coact.relay import audit_store
 from coact.relay.audit_store import _BATCH_TYPES, _RECORD_TYPES, AuditStore, parse_url
 from coact.shared import keys
 from coact.shared.auditcheck import Finding, verify_audit
@@ -168,6 +169,24 @@ def test_head_and_stored_hashes(store: AuditStore, org: str) -> None:
         7: second[-1]["hash"],
     }
     assert store.stored_hashes(org, "dev-1", []) == {}
+
+
+def test_heads_of_many_chains_at_once(store: AuditStore, org: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(audit_store, "HEADS_PER_QUERY", 2)  # several queries per org
+    other = f"{org}-other"
+    chains = {f"dev-{n}": chain(f"dev-{n}", n) for n in range(1, 6)}
+    for records in chains.values():
+        put(store, org, records)
+    put(store, org, chains["dev-4"][2:])  # seq 3-4 stored twice (another batch split)
+    put(store, other, chain("dev-1", 9))
+    heads = store.heads({org: [*chains, "dev-none"], other: ["dev-1", "dev-2"]})
+    assert heads == {
+        **{(org, device): ChainHead(len(records), records[-1]["hash"]) for device, records in chains.items()},
+        (org, "dev-none"): GENESIS,
+        (other, "dev-1"): ChainHead(9, chain("dev-1", 9)[-1]["hash"]),
+        (other, "dev-2"): GENESIS,
+    }
+    assert store.heads({}) == {}
 
 
 def test_orgs_are_isolated(store: AuditStore, org: str) -> None:
