@@ -1,10 +1,11 @@
 """Connections held: the largest fleet one relay process holds with heartbeats flowing.
 
 Enrolls N simulated devices (once; ``--identities-dir`` keeps them), measures the
-relay's RSS, connects the whole fleet with ``coact sim``, holds it for ``--hold``
+relay's memory, connects the whole fleet with ``coact sim``, holds it for ``--hold``
 seconds of heartbeats, and reports relay memory per connection and the time to
 connect everyone. Floor, same run: a bare aiohttp WebSocket server holding the same
-number of idle connections from the same client library.
+number of idle connections from the same client library. Memory per connection is
+the growth of anonymous memory (see ``perfkit.anonymous_bytes``; RSS is printed too).
 
     .venv/bin/python tests/perf/bench_connections.py --agents 1000
     .venv/bin/python tests/perf/bench_connections.py --agents 19500 --processes 2 --connect-rate 400
@@ -36,19 +37,20 @@ def enroll(relay: Any, api: Any, email: str, agents: int, identities: Path) -> f
     return time.monotonic() - start
 
 
-def floor_rss_per_connection(count: int) -> float:
+def floor_per_connection(count: int) -> tuple[float, float]:
+    """The bare server's (RSS, anonymous memory) per idle connection, in bytes."""
     server = perfkit.FloorServer()
     try:
         time.sleep(0.5)
-        before = server.rss()
+        before = server.rss(), server.anonymous()
 
-        async def hold() -> float:
+        async def hold() -> tuple[float, float]:
             sockets = await perfkit.hold_idle(server.url, count)
             await asyncio.sleep(2)
-            after = server.rss()
+            after = server.rss(), server.anonymous()
             for ws in sockets:
                 await ws.close()
-            return (after - before) / count
+            return (after[0] - before[0]) / count, (after[1] - before[1]) / count
 
         return asyncio.run(hold())
     finally:
@@ -68,7 +70,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         proc = perfkit.relay_process(relay)
         gc.collect()
         time.sleep(2)
-        rss_before = proc.memory_info().rss
+        rss_before, anon_before = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
             "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
@@ -90,25 +92,30 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             result["connect_failures"] = held["connect_failures"]
             result["relay_cpu_pct_holding"] = round(
                 100 * ((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)) / (time.monotonic() - t0), 1)
-            rss_after = proc.memory_info().rss
+            rss_after, anon_after = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
             result["relay_rss_mb"] = round(rss_after / 2**20, 1)
-            result["relay_kb_per_conn"] = round((rss_after - rss_before) / agents / 1024, 1)
+            result["relay_rss_kb_per_conn"] = round((rss_after - rss_before) / agents / 1024, 1)
+            result["relay_kb_per_conn"] = round((anon_after - anon_before) / agents / 1024, 1)
             result["sim_command"] = sim.command
         finally:
             result["sim_summary"] = sim.stop()
     finally:
         relay.stop()
-    result["floor_kb_per_conn"] = round(floor_rss_per_connection(agents) / 1024, 1)
+    floor_rss, floor_anon = floor_per_connection(agents)
+    result["floor_rss_kb_per_conn"] = round(floor_rss / 1024, 1)
+    result["floor_kb_per_conn"] = round(floor_anon / 1024, 1)
     result["ratio"] = round(result["relay_kb_per_conn"] / result["floor_kb_per_conn"], 2)
     print({k: v for k, v in result.items() if k != "sim_summary"})
     if do_record:
         perfkit.record(
             f"connections held ({agents:,} agents)",
-            f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay RSS "
-            f"({result['relay_rss_mb']} MB total), all connected in {result['all_connected_s']} s at "
+            f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay anonymous memory "
+            f"(RSS: {result['relay_rss_kb_per_conn']} KB/conn, {result['relay_rss_mb']} MB total), "
+            f"all connected in {result['all_connected_s']} s at "
             f"{connect_rate:g}/s, relay CPU {result['relay_cpu_pct_holding']}% holding, "
             f"{result['reconnects']} reconnects",
-            f"{result['floor_kb_per_conn']} KB/conn (bare aiohttp WS)",
+            f"{result['floor_kb_per_conn']} KB/conn anonymous, {result['floor_rss_kb_per_conn']} KB/conn RSS "
+            "(bare aiohttp WS)",
             f"{result['ratio']}x memory",
             "≥ 20,000 agents at ≤ 2× floor memory",
             f"python tests/perf/bench_connections.py --agents {agents} --processes {processes} "

@@ -116,6 +116,19 @@ def relay_process(relay: harness.Relay) -> psutil.Process:
     return psutil.Process(relay.proc.pid)
 
 
+def anonymous_bytes(pid: int) -> int:
+    """A process's anonymous memory (heap, arenas, stacks: ``Anonymous`` in
+    /proc/PID/smaps_rollup). Unlike RSS it leaves out pages of mapped files, which
+    come and go with this machine's page cache: the relay maps the embedded
+    ClickHouse engine's ~500 MB library, and how much of it counts as resident
+    varied by 100 MB between otherwise identical runs."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Anonymous:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no Anonymous line in /proc/{pid}/smaps_rollup")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live children (simulator workers)."""
     process = psutil.Process(pid)
@@ -230,6 +243,9 @@ class FloorServer:
 
     def rss(self) -> int:
         return int(self.process.memory_info().rss)
+
+    def anonymous(self) -> int:
+        return anonymous_bytes(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
