@@ -22,7 +22,7 @@ from coact.relay.storage import Store
 from coact.shared import keys
 from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch
 from coact.shared.clock import SystemClock
-from coact.shared.protocol import AuditAck
+from coact.shared.protocol import AuditAck, AuditNack
 
 LINGER_S = 3.0
 
@@ -143,3 +143,44 @@ async def test_a_new_relay_adopts_clickhouse_heads_for_many_chains_in_few_lookup
         assert await store.audit_head(device["id"]) == ChainHead(6, rest[-1]["hash"])
         assert [r["seq"] for r in audit_store.records(device["org_id"], device_id=device["id"])] == [1, 2, 3, 4, 5, 6]
     assert 1 <= _CountingAuditStore.lookups < len(devices) / 2
+
+
+class _OverlapCountingAuditStore(AuditStore):
+    """The real store; counts the lookups of already-stored records."""
+
+    lookups = 0
+
+    def stored_hashes(self, org_id: str, device_id: str, seqs: Any) -> Any:
+        type(self).lookups += 1
+        return super().stored_hashes(org_id, device_id, seqs)
+
+
+async def test_a_resent_batch_ending_at_the_head_is_acked_without_asking_clickhouse(
+    store: Store, audit_store: AuditStore
+) -> None:
+    counting = _OverlapCountingAuditStore(audit_store._client, audit_store.database)
+    audit = AuditPipeline(store, counting, Ed25519PrivateKey.generate())
+    inserter = asyncio.create_task(audit.run_inserter())
+    try:
+        device, key = await _device(store)
+        records, signature = _batch(device["id"], key, 5)
+        reply, head = await audit.ingest_device_batch(device, records, signature)
+        assert isinstance(reply, AuditAck)
+        # The ack was lost: the same batch again.
+        reply, head = await audit.ingest_device_batch(device, records, signature, head)
+        assert isinstance(reply, AuditAck)
+        assert reply.last_seq == 5
+        assert _OverlapCountingAuditStore.lookups == 0
+        # Stored records that do not end at the head are checked in ClickHouse, and a
+        # changed one is a fork.
+        forged = [dict(r) for r in records[:3]]
+        forged[1]["hash"] = "0" * 64
+        reply, _ = await audit.ingest_device_batch(device, forged, signature, head)
+        assert isinstance(reply, AuditNack)
+        assert reply.code == "fork"
+        assert _OverlapCountingAuditStore.lookups == 1
+    finally:
+        inserter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await inserter
+    assert [r["seq"] for r in audit_store.records(device["org_id"], device_id=device["id"])] == [1, 2, 3, 4, 5]
