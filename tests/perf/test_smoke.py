@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 from harness import Relay
-from perf import bench_audit, bench_dispatch, bench_store, perfkit
+from perf import (
+    bench_audit,
+    bench_connections,
+    bench_dispatch,
+    bench_footprint,
+    bench_store,
+    perfkit,
+)
 
 from coact.agent.sim import AdminClient, Fleet, FleetOptions, SimIdentity, enroll_fleet
 
@@ -125,6 +132,18 @@ def test_audit_benches_smoke(tmp_path: Path) -> None:
     assert result["nacks"] == 0
     drained = bench_audit.drain(2000, workdir=tmp_path / "drain", do_record=False)
     assert drained["relay_last_seq"] >= 2000
+
+
+def test_connections_bench_smoke(tmp_path: Path) -> None:
+    result = bench_connections.run(5, connect_rate=50, hold_s=1, workdir=tmp_path, do_record=False)
+    assert result["held"] == 5
+    assert result["reconnects"] == result["connect_failures"] == 0
+    assert result["floor_kb_per_conn"] > 0
+
+
+def test_footprint_bench_smoke(tmp_path: Path) -> None:
+    result = bench_footprint.run(1, warmup=1, gui=False, workdir=tmp_path, do_record=False)
+    assert result["plain"]["rss_mb"] > result["floor"]["rss_mb"] > 0
 
 
 def test_store_bench_smoke() -> None:
