@@ -46,7 +46,7 @@ from coact.agent.frames import (
 from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
 from coact.shared import keys
-from coact.shared.chain import sign_batch
+from coact.shared.chain import ChainHead, sign_batch
 from coact.shared.clock import Clock, SystemClock, to_rfc3339
 from coact.shared.errors import ProtocolError, SignatureError
 from coact.shared.wire import (
@@ -111,6 +111,26 @@ def _most_telling(failures: BaseExceptionGroup[BaseException]) -> BaseException:
 class _Link:
     ws: ClientConnection
     audit_reply: asyncio.Queue[AuditAck | AuditNack] = field(default_factory=lambda: asyncio.Queue(1))
+
+
+async def await_audit_reply(
+    replies: asyncio.Queue[AuditAck | AuditNack], head: ChainHead, timeout_s: float
+) -> AuditAck | AuditNack:
+    """The relay's answer to the batch ending at ``head`` (:class:`TimeoutError` if none
+    comes within ``timeout_s``). A batch resent after a timeout is answered twice, and
+    the late answer must not pass for the next batch's: an ack of fewer records is
+    skipped (this batch's ack covers them), and ``busy`` (the relay is still storing
+    the earlier send) means an answer is still to come. Taken in arrival order, a late
+    ack had kept a duplicate batch in flight for every batch after it (15,000 simulated
+    agents kept the relay busy answering them, docs/performance.md)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            reply = await replies.get()
+            if isinstance(reply, AuditAck) and reply.last_seq < head.seq:
+                continue
+            if isinstance(reply, AuditNack) and reply.code == "busy":
+                continue
+            return reply
 
 
 class Agent:
@@ -308,7 +328,7 @@ class Agent:
             # The relay validates the records as AuditRecords; they are the outbox rows as written.
             await link.ws.send(encode(AuditBatch(records=batch.records, signature=signature)))
             try:
-                reply = await asyncio.wait_for(link.audit_reply.get(), self.options.audit_ack_timeout_s)
+                reply = await await_audit_reply(link.audit_reply, batch.head, self.options.audit_ack_timeout_s)
             except TimeoutError:
                 log.warning("no audit ack within %s s; resending", self.options.audit_ack_timeout_s)
                 continue
