@@ -29,7 +29,7 @@ import json
 from collections import namedtuple
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from sqlalchemy import JSON, bindparam
@@ -91,22 +91,11 @@ class Prepared:
         if not rows:
             return
         compiled = self._for(conn.dialect, rows[0])
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        values = [self._values(compiled, row) for row in rows]
-        try:
-            cursor.executemany(compiled.sql, values)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(compiled.sql, values, exc, conn.dialect.loaded_dbapi.Error) from exc
+        _call_driver(conn, "executemany", compiled.sql, [self._values(compiled, row) for row in rows])
 
     def _execute(self, conn: Connection, params: Params) -> Any:
         compiled = self._for(conn.dialect, params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        values = self._values(compiled, params)
-        try:
-            cursor.execute(compiled.sql, values)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            raise DBAPIError.instance(compiled.sql, values, exc, conn.dialect.loaded_dbapi.Error) from exc
-        return cursor
+        return _call_driver(conn, "execute", compiled.sql, self._values(compiled, params))
 
     @staticmethod
     def _values(compiled: _Compiled, params: Params) -> Any:
@@ -127,6 +116,18 @@ class Prepared:
             set_columns = tuple(name for name in params if not name.startswith("b_")) if self._set_from_params else ()
             compiled = self._compiled[key] = _compile(self.statement, dialect, set_columns)
         return compiled
+
+
+def _call_driver(conn: Connection, method: Literal["execute", "executemany"], sql: str, values: Any) -> Any:
+    """``cursor.execute`` or ``executemany`` on ``conn``'s DB-API connection; the cursor,
+    or the driver's error as SQLAlchemy's."""
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    driver_error = conn.dialect.loaded_dbapi.Error
+    try:
+        getattr(cursor, method)(sql, values)
+    except driver_error as exc:
+        raise DBAPIError.instance(sql, values, exc, driver_error) from exc
+    return cursor
 
 
 def _compile(statement: ClauseElement, dialect: Dialect, set_columns: tuple[str, ...]) -> _Compiled:
