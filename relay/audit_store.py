@@ -295,10 +295,6 @@ class AuditStore:
             )
         return {int(seq): str(hash_) for seq, hash_ in result.result_rows}
 
-    def head(self, org_id: str, device_id: str) -> ChainHead:
-        """The stored record with the highest seq, or GENESIS if none."""
-        return self.heads({org_id: [device_id]})[(org_id, device_id)]
-
     def heads(self, chains: Mapping[str, Collection[str]]) -> dict[tuple[str, str], ChainHead]:
         """Each chain's stored head (GENESIS if it has no records), by ``(org_id,
         device_id)``, for device ids grouped by org: one query per org and
