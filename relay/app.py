@@ -78,7 +78,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         store = await Store.open(settings.effective_database_url, clock, settings.relay_id, public_key_b64(identity_key))
         sink = await asyncio.to_thread(AuditStore.open, settings.effective_audit_url)
         await asyncio.to_thread(sink.ensure_schema)
-        audit = AuditPipeline(store, sink, identity_key, linger_s=settings.audit_insert_linger_s)
+        audit = AuditPipeline(store, sink, identity_key, interval_s=settings.audit_insert_interval_s)
         events = EventBus()
         svc = Services(
             settings=settings, clock=clock, store=store, keyring=keyring,

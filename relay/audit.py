@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -51,12 +52,12 @@ class _Insert:
 
 
 class AuditPipeline:
-    def __init__(self, store: Store, sink: AuditStore, relay_key: Ed25519PrivateKey, *, linger_s: float = 0.0) -> None:
+    def __init__(self, store: Store, sink: AuditStore, relay_key: Ed25519PrivateKey, *, interval_s: float = 0.0) -> None:
         self.store = store
         self.sink = sink
         self.relay_key = relay_key
         self.relay_public_key = keys.public_key_b64(relay_key)
-        self.linger_s = linger_s
+        self.interval_s = interval_s
         # chDB is one in-process engine: serialise access to it, off the event loop.
         self._sink_lock = asyncio.Lock()
         self._reconciled: set[str] = set()
@@ -73,20 +74,26 @@ class AuditPipeline:
         """Insert verified batches, as many per ClickHouse insert as are waiting.
 
         While one insert runs, the next batches queue up and go in together: one part
-        (and one round trip) per group instead of per batch. Fewer rows than a full
-        batch wait up to ``linger_s`` for company: a busy fleet sends a few records per
-        task, and ClickHouse makes a part of every insert (~5 ms each in the embedded
-        engine, then merged again later). Each batch's chain head advances only after
-        its rows are in, so the agent's ack waits too, not its tasks.
+        (and one round trip) per group instead of per batch. And an insert of fewer
+        rows than a full batch starts at most once per ``interval_s``: a busy fleet
+        sends a few records per task, and every insert makes a part (~20 ms of CPU in
+        the embedded engine for a small one, both tables, then merged again later), so small
+        batches arriving within the interval wait and share the next insert. The first
+        batch after a quiet spell goes in at once. Each batch's chain head advances
+        only after its rows are in, so the agent's ack waits too, not its tasks.
         """
+        loop = asyncio.get_running_loop()
+        last_start = -math.inf
         while True:
             await self._have_waiting.wait()
-            if self._waiting_rows < MAX_AUDIT_BATCH and self.linger_s > 0:
+            wait_s = last_start + self.interval_s - loop.time()
+            if self._waiting_rows < MAX_AUDIT_BATCH and wait_s > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._have_enough.wait(), self.linger_s)
+                    await asyncio.wait_for(self._have_enough.wait(), wait_s)
             self._have_waiting.clear()
             self._have_enough.clear()
             group, self._waiting, self._waiting_rows = self._waiting, [], 0
+            last_start = loop.time()
             try:
                 await self._sink("insert_batches", [item.batch for item in group])
             except Exception as exc:

@@ -48,7 +48,7 @@ class Settings:
     task_default_ttl_s: int = _setting(86400, "How long a queued task waits for an offline device before it expires, if it names no expires_at.")
     sweep_interval_s: float = _setting(1.0, "How often expired and timed-out tasks are settled.")
     audit_flush_interval_s: float = _setting(0.5, "How often the relay's own audit events are forwarded to ClickHouse.")
-    audit_insert_linger_s: float = _setting(0.05, "How long verified audit records wait for others to join their ClickHouse insert when fewer than a full batch (1,000) are waiting. Every insert makes a part, and small ones cost the embedded engine about 5 ms each.")
+    audit_insert_interval_s: float = _setting(0.2, "At most one ClickHouse insert of fewer records than a full batch (1,000) starts per this many seconds; verified records arriving sooner wait for it, and their acks with them. The first batch after a quiet spell goes in at once. Every insert makes a part, and a small one costs the embedded engine about 20 ms of CPU.")
     log_level: str = _setting("INFO", "Logging level.")
     allowed_origins: tuple[str, ...] = _setting((), "Browser origins (scheme://host[:port], comma-separated) allowed to open the user event stream GET /api/v1/ws besides the relay's own public URL. Requests without an Origin header (non-browser clients) are allowed.")
 

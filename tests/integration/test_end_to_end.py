@@ -93,8 +93,13 @@ def test_denials_carry_reasons_and_touch_nothing(relay: Relay, agent_factory, tm
     assert not_allowed["status"] == "failed"
     assert "denied by local policy" in not_allowed["result"]["error"]
 
-    kinds = [r["kind"] for r in device_audit(admin, device_id) if r["task_id"] == denied["id"]]
-    assert "policy.decision" in kinds
+    # The agent uploads its audit after the result, so it may still be on its way. A
+    # denial's last record is its policy decision, written with the result.
+    kinds = wait_for(
+        lambda: (k := [r["kind"] for r in device_audit(admin, device_id) if r["task_id"] == denied["id"]])
+        and "policy.decision" in k and k,
+        what="the denied task's policy decision in the audit",
+    )
     assert "action.started" not in kinds
 
 

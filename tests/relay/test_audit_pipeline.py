@@ -24,7 +24,7 @@ from coact.shared.chain import GENESIS, ChainHead, make_record, sign_batch
 from coact.shared.clock import SystemClock
 from coact.shared.protocol import AuditAck, AuditNack
 
-LINGER_S = 3.0
+INTERVAL_S = 3.0
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def pipeline(store: Store, audit_store: AuditStore) -> AsyncIterator[AuditPipeline]:
-    audit = AuditPipeline(store, audit_store, Ed25519PrivateKey.generate(), linger_s=LINGER_S)
+    audit = AuditPipeline(store, audit_store, Ed25519PrivateKey.generate(), interval_s=INTERVAL_S)
     inserter = asyncio.create_task(audit.run_inserter())
     yield audit
     inserter.cancel()
@@ -77,31 +77,49 @@ def _batch(device_id: str, key: Ed25519PrivateKey, count: int) -> tuple[list[dic
     return records, sign_batch(key, device_id, head)
 
 
-async def test_small_batches_arriving_together_share_one_insert(
+async def test_small_batches_within_the_interval_share_one_insert(
     store: Store, audit_store: AuditStore, pipeline: AuditPipeline
 ) -> None:
     _stop_merges(audit_store)
+    first, first_key = await _device(store)
+    reply, _head = await pipeline.ingest_device_batch(first, *_batch(first["id"], first_key, 2))
+    assert isinstance(reply, AuditAck)  # an insert just ran: the next small ones wait for the interval
     devices = [await _device(store) for _ in range(5)]
     before = _active_parts(audit_store)
+    started = time.monotonic()
     replies = await asyncio.gather(*(
         pipeline.ingest_device_batch(device, *_batch(device["id"], key, 3)) for device, key in devices
     ))
     assert all(isinstance(reply, AuditAck) and reply.last_seq == 3 for reply, _head in replies)
     assert _active_parts(audit_store) - before == 1
+    assert time.monotonic() - started < INTERVAL_S * 1.5  # one interval, not one per batch
     for device, _key in devices:
         assert [b["last_seq"] for b in audit_store.batches(device["org_id"], device["id"])] == [3]
 
 
-async def test_a_full_batch_does_not_wait_for_company(
+async def test_a_small_batch_after_a_quiet_spell_goes_in_at_once(
     store: Store, audit_store: AuditStore, pipeline: AuditPipeline
 ) -> None:
+    device, key = await _device(store)
+    started = time.monotonic()
+    reply, head = await pipeline.ingest_device_batch(device, *_batch(device["id"], key, 3))
+    assert isinstance(reply, AuditAck)
+    assert head == ChainHead(3, reply.head_hash)
+    assert time.monotonic() - started < INTERVAL_S / 2
+
+
+async def test_a_full_batch_does_not_wait_for_the_interval(
+    store: Store, audit_store: AuditStore, pipeline: AuditPipeline
+) -> None:
+    small, small_key = await _device(store)
+    await pipeline.ingest_device_batch(small, *_batch(small["id"], small_key, 1))  # starts an interval
     device, key = await _device(store)
     records, signature = _batch(device["id"], key, 1000)
     started = time.monotonic()
     reply, head = await pipeline.ingest_device_batch(device, records, signature)
     assert isinstance(reply, AuditAck)
     assert head == ChainHead(1000, records[-1]["hash"])
-    assert time.monotonic() - started < LINGER_S / 2  # went in without lingering
+    assert time.monotonic() - started < INTERVAL_S / 2  # went in without waiting
 
 
 class _CountingAuditStore(AuditStore):
