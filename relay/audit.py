@@ -217,7 +217,8 @@ class AuditPipeline:
             if not fresh:
                 last = records[-1]
                 return AuditAck(last_seq=last["seq"], head_hash=last["hash"])
-            new_head = verify_chain(fresh, start=head, device_id=device_id)
+            data_json: list[bytes] = []
+            new_head = verify_chain(fresh, start=head, device_id=device_id, data_json=data_json)
             verify_batch_signature(device["public_key"], device_id, new_head, signature)
         except ChainForkError as exc:
             log.error("audit fork from %s: %s", device_id, exc)
@@ -230,7 +231,7 @@ class AuditPipeline:
             return AuditNack(code="invalid", detail=str(exc), expected_seq=head.seq + 1)
         try:
             stored_ok = await self._insert(
-                device_id, SignedBatch(org_id, fresh, signature, device["public_key"]), head, new_head
+                device_id, SignedBatch(org_id, fresh, signature, device["public_key"], data_json), head, new_head
             )
         except (ServiceUnavailable, ClickHouseError, OSError) as exc:
             return AuditNack(code="unavailable", detail=f"audit store unavailable, resend later: {exc}",
@@ -250,9 +251,10 @@ class AuditPipeline:
             head = await self._head(chain_id, org_id)
             fresh = [r for r in records if r["seq"] > head.seq]
             if fresh:
-                new_head = verify_chain(fresh, start=head, device_id=chain_id)
+                data_json: list[bytes] = []
+                new_head = verify_chain(fresh, start=head, device_id=chain_id, data_json=data_json)
                 signature = sign_batch(self.relay_key, chain_id, new_head)
-                await self._insert(chain_id, SignedBatch(org_id, fresh, signature, self.relay_public_key),
+                await self._insert(chain_id, SignedBatch(org_id, fresh, signature, self.relay_public_key, data_json),
                                    head, new_head)
             await self.store.drop_relay_events(chain_id, records[-1]["seq"])
             moved += len(batch)

@@ -160,10 +160,14 @@ class SignedBatch:
     records: Sequence[Mapping[str, Any]]
     signature: str
     public_key: str
+    # The canonical JSON of each record's data, when verification already made it.
+    data_json: Sequence[bytes] | None = None
 
     def __post_init__(self) -> None:
         if not self.records:
             raise ValueError("an audit batch has at least one record")
+        if self.data_json is not None and len(self.data_json) != len(self.records):
+            raise ValueError("an audit batch has one data text per record")
         device_id, first_seq = self.records[0]["device_id"], int(self.records[0]["seq"])
         for offset, record in enumerate(self.records):
             if record["device_id"] != device_id or record["seq"] != first_seq + offset:
@@ -177,6 +181,7 @@ class SignedBatch:
         return f"{self.org_id}:{first['device_id']}:{first['seq']}:{last['seq']}:{last['hash']}"
 
     def rows(self) -> list[list[Any]]:
+        data_json = self.data_json or [canonical_json(record["data"]) for record in self.records]
         return [
             [
                 self.org_id,
@@ -185,11 +190,11 @@ class SignedBatch:
                 record["ts"],
                 record["kind"],
                 record["task_id"],
-                canonical_json(record["data"]).decode("utf-8"),
+                data,
                 record["prev_hash"],
                 record["hash"],
             ]
-            for record in self.records
+            for record, data in zip(self.records, data_json, strict=True)
         ]
 
 

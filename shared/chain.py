@@ -15,13 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from operator import itemgetter
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coact.shared import keys
-from coact.shared.canonical import canonical_json, digest
+from coact.shared.canonical import canonical_json, sha256_hex
 from coact.shared.errors import (
     CanonicalizationError,
     ChainError,
@@ -46,14 +45,22 @@ class ChainHead:
 GENESIS = ChainHead(0, GENESIS_HASH)
 
 
-_HASHED_FIELDS = tuple(name for name in RECORD_FIELDS if name != "hash")
-_hashed_values = itemgetter(*_HASHED_FIELDS)
-
-
 def record_hash(record: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of the canonical JSON of every field but ``hash``; KeyError
     when a field is missing."""
-    return digest(dict(zip(_HASHED_FIELDS, _hashed_values(record), strict=True)))
+    return hash_record(record)[0]
+
+
+def hash_record(record: Mapping[str, Any]) -> tuple[str, bytes]:
+    """The record's hash and the canonical JSON of its ``data``, which is part of
+    what is hashed: the relay stores that text, so it is encoded once."""
+    encoded = canonical_json({
+        "data": record["data"], "device_id": record["device_id"], "kind": record["kind"],
+        "prev_hash": record["prev_hash"], "seq": record["seq"], "task_id": record["task_id"], "ts": record["ts"],
+    })
+    # "data" sorts first, so the text is {"data":<data>,"device_id":... . Inside a
+    # JSON string a quote is escaped, so the last ,"device_id": is the one after data.
+    return sha256_hex(encoded), encoded[8:encoded.rindex(b',"device_id":')]
 
 
 def make_record(
@@ -82,12 +89,15 @@ def make_record(
 
 
 def verify_chain(
-    records: Iterable[Mapping[str, Any]], *, start: ChainHead = GENESIS, device_id: str | None = None
+    records: Iterable[Mapping[str, Any]], *, start: ChainHead = GENESIS, device_id: str | None = None,
+    data_json: list[bytes] | None = None,
 ) -> ChainHead:
     """Check that ``records`` continue the chain ending at ``start``; return the new head.
 
     Raises :class:`ChainGapError` when the first record is not ``start.seq + 1`` and
     :class:`ChainError` (with ``seq``) naming the first record that does not verify.
+    With ``data_json``, the canonical JSON of each verified record's ``data`` is
+    appended to it (what the relay stores).
     """
     # Plain locals, not a ChainHead per record: this loop runs once per audit record
     # the relay ingests.
@@ -108,7 +118,7 @@ def verify_chain(
         if record.get("prev_hash") != head_hash:
             raise ChainError(f"record {seq} does not link to record {head_seq}", seq=seq)
         try:
-            actual, claimed = record_hash(record), record["hash"]
+            (actual, data), claimed = hash_record(record), record["hash"]
         except KeyError:
             missing = [name for name in RECORD_FIELDS if name not in record]
             raise ChainError(f"record {seq} lacks {', '.join(missing)}", seq=seq) from None
@@ -117,6 +127,8 @@ def verify_chain(
             raise ChainError(f"record {seq} has no canonical form: {exc}", seq=seq) from exc
         if actual != claimed:
             raise ChainError(f"record {seq} was altered: its hash does not match its content", seq=seq)
+        if data_json is not None:
+            data_json.append(data)
         head_seq, head_hash = seq, claimed
     return start if head_seq == start.seq else ChainHead(head_seq, head_hash)
 

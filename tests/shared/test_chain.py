@@ -8,6 +8,7 @@ import math
 from typing import Any
 
 import pytest
+import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from coact.shared.chain import (
     ChainHead,
     batch_message,
     check_overlap,
+    hash_record,
     make_record,
     record_hash,
     sign_batch,
@@ -85,6 +87,46 @@ def test_record_hash_covers_every_field_but_hash() -> None:
     record = build_chain(1)[0]
     body = {name: record[name] for name in RECORD_FIELDS if name != "hash"}
     assert record["hash"] == hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+_json_leaves = (
+    st.none() | st.booleans() | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+)
+_json_data = st.dictionaries(
+    st.text(), st.recursive(_json_leaves, lambda inner: st.lists(inner, max_size=4)
+                            | st.dictionaries(st.text(), inner, max_size=4), max_leaves=12),
+    max_size=6,
+)
+
+
+@given(_json_data, st.text(max_size=20), st.integers(min_value=1, max_value=2**53 - 1), st.none() | st.text(max_size=20))
+def test_hash_record_is_the_hash_of_the_whole_records_rfc8785_form(
+    data: dict[str, Any], kind: str, seq: int, task_id: str | None
+) -> None:
+    """The hash is the SHA-256 of the record's RFC 8785 form, and the data text is
+    cut out of that form: it must be exactly the data's own RFC 8785 form."""
+    record = {"device_id": DEVICE, "seq": seq, "ts": "2026-01-01T00:00:00.000000Z", "kind": kind,
+              "task_id": task_id, "data": data, "prev_hash": "0" * 64}
+    try:
+        expected = rfc8785.dumps(record)
+    except (rfc8785.CanonicalizationError, UnicodeEncodeError):
+        return  # no canonical form (a lone surrogate): canonical_json's own tests cover the refusal
+    digest, data_json = hash_record(record)
+    assert digest == hashlib.sha256(expected).hexdigest()
+    assert data_json == rfc8785.dumps(data)
+
+
+@pytest.mark.parametrize("data", [
+    {"a": 1, "device_id": "inner", "z": {"b": 2, "device_id": 1}},
+    {"note": ',"device_id":"x"', "device_id": [',"device_id":']},
+    {},
+], ids=["nested key", "in strings", "empty"])
+def test_hash_record_finds_the_data_text_whatever_the_data_holds(data: dict[str, Any]) -> None:
+    record = make_record(GENESIS, device_id=DEVICE, kind="k", ts="t", data=data)
+    digest, data_json = hash_record(record)
+    assert digest == record["hash"]
+    assert data_json == rfc8785.dumps(data)
 
 
 def test_make_record_copies_data() -> None:
