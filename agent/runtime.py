@@ -154,7 +154,7 @@ class Agent:
         self.last_error: str | None = None
 
     async def audit(self, kind: str, data: dict[str, Any]) -> None:
-        await asyncio.to_thread(self.store.append_audit, kind, data)
+        await self.store.call(self.store.append_audit, kind, data)
         self.audit_wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -246,7 +246,7 @@ class Agent:
             raise ProtocolError("expected a welcome for this device")
 
     async def _serve(self, link: _Link, stop: asyncio.Event) -> None:
-        for result in await asyncio.to_thread(self.store.unacked_results):
+        for result in await self.store.call(self.store.unacked_results):
             await link.ws.send(encode(TaskResult(**result)))
         try:
             await self._serve_group(link, stop)
@@ -284,7 +284,7 @@ class Agent:
             case TaskMessage(task=spec):
                 group.create_task(self._run_task(link, spec, workers))
             case ResultAck(task_id=task_id):
-                await asyncio.to_thread(self.store.ack_result, task_id)
+                await self.store.call(self.store.ack_result, task_id)
             case AuditAck() | AuditNack():
                 if link.audit_reply.full():
                     link.audit_reply.get_nowait()
@@ -310,7 +310,7 @@ class Agent:
     async def _heartbeat_loop(self, link: _Link) -> None:
         while True:
             figures = await self._telemetry()
-            figures["pending_audit"] = await asyncio.to_thread(self.store.pending_count)
+            figures["pending_audit"] = await self.store.call(self.store.pending_count)
             await link.ws.send(encode(Heartbeat(telemetry=figures)))
             self._write_state()
             await asyncio.sleep(self.options.heartbeat_s)
@@ -318,7 +318,7 @@ class Agent:
     async def _audit_loop(self, link: _Link) -> None:
         device_id = self.identity.device_id
         while True:
-            batch = await asyncio.to_thread(self.store.pending_batch, self.options.audit_batch, AUDIT_BATCH_BYTES)
+            batch = await self.store.call(self.store.pending_batch, self.options.audit_batch, AUDIT_BATCH_BYTES)
             if batch is None:
                 self.audit_wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -333,7 +333,7 @@ class Agent:
                 log.warning("no audit ack within %s s; resending", self.options.audit_ack_timeout_s)
                 continue
             if isinstance(reply, AuditAck):
-                await asyncio.to_thread(self.store.ack_audit, reply.last_seq, reply.head_hash)
+                await self.store.call(self.store.ack_audit, reply.last_seq, reply.head_hash)
             else:
                 # Never drop records on a nack: keep them, say why, retry later.
                 log.error("relay refused audit batch (%s): %s", reply.code, reply.detail)

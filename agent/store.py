@@ -16,25 +16,29 @@ Two promises live here, and both rest on SQLite transactions:
 The database runs in WAL mode with ``synchronous=FULL``: a record that
 :meth:`AgentStore.append_audit` returned is on disk, even across power loss.
 All methods are synchronous and thread-safe (one connection behind a lock); the
-asyncio side calls them through ``asyncio.to_thread``.
+asyncio side calls them through :meth:`AgentStore.call`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
 from coact.shared.canonical import canonical_json
 from coact.shared.chain import GENESIS, ChainHead, make_record
 from coact.shared.clock import Clock, to_rfc3339
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 
@@ -94,6 +98,7 @@ class AgentStore:
         self.device_id = device_id
         self._clock = clock
         self._lock = threading.Lock()
+        self._in_memory = str(path) == ":memory:"
         # One connection shared by every thread; the lock serialises its use.
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         try:
@@ -104,6 +109,15 @@ class AgentStore:
         except BaseException:
             conn.close()
             raise
+
+    async def call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this store's methods for the event loop: in a worker thread when
+        the database is a file (a commit waits for the disk), in place when it is in
+        memory (the fleet simulator's), where the thread hand-off cost more than the
+        call itself."""
+        if self._in_memory:
+            return method(*args, **kwargs)
+        return await asyncio.to_thread(method, *args, **kwargs)
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])

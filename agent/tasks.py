@@ -61,11 +61,11 @@ class TaskRunner:
         self.running: set[str] = set()
 
     async def audit(self, kind: str, data: Mapping[str, Any], task_id: str | None = None) -> None:
-        await asyncio.to_thread(self.store.append_audit, kind, data, task_id)
+        await self.store.call(self.store.append_audit, kind, data, task_id)
 
     async def settle_interrupted(self) -> None:
         """Tasks a crash left mid-run are reported failed: running them again could act twice."""
-        for task_id in await asyncio.to_thread(self.store.interrupted_tasks):
+        for task_id in await self.store.call(self.store.interrupted_tasks):
             await self._settle_interrupted(task_id)
 
     async def _settle_interrupted(self, task_id: str) -> dict[str, Any]:
@@ -82,10 +82,10 @@ class TaskRunner:
         self.running.add(spec.id)
         try:
             received = ("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
-            state = await asyncio.to_thread(self.store.begin_task, spec.id, spec.as_dict(), [received])
+            state = await self.store.call(self.store.begin_task, spec.id, spec.as_dict(), [received])
             if state == "done":
                 await self.audit("task.redelivered", {"action": spec.action}, spec.id)
-                return await asyncio.to_thread(self.store.task_result, spec.id)
+                return await self.store.call(self.store.task_result, spec.id)
             if state == "running":
                 # Journaled by an earlier process that died before finishing it.
                 return await self._settle_interrupted(spec.id)
@@ -113,7 +113,7 @@ class TaskRunner:
                 spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None), [decided]
             )
         started = to_rfc3339(self.clock.now())
-        await asyncio.to_thread(
+        await self.store.call(
             self.store.append_audit_many, [decided, ("action.started", {"action": spec.action}, spec.id)]
         )
         output: Any = None
@@ -149,5 +149,5 @@ class TaskRunner:
         }
 
     async def _finish(self, task_id: str, result: dict[str, Any], audit: Sequence[AuditItem] = ()) -> dict[str, Any]:
-        await asyncio.to_thread(self.store.finish_task, task_id, result, audit)
+        await self.store.call(self.store.finish_task, task_id, result, audit)
         return result
