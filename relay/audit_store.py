@@ -180,21 +180,21 @@ class SignedBatch:
         first, last = self.records[0], self.records[-1]
         return f"{self.org_id}:{first['device_id']}:{first['seq']}:{last['seq']}:{last['hash']}"
 
-    def rows(self) -> list[list[Any]]:
-        data_json = self.data_json or [canonical_json(record["data"]) for record in self.records]
+    def columns(self) -> list[list[Any]]:
+        """The records as ClickHouse columns, in the order of ``_RECORD_COLUMNS``:
+        handing clickhouse-connect columns spares it pivoting rows, which cost it
+        ~3.7 µs a record."""
+        records = self.records
         return [
-            [
-                self.org_id,
-                str(record["device_id"]),
-                int(record["seq"]),
-                record["ts"],
-                record["kind"],
-                record["task_id"],
-                data,
-                record["prev_hash"],
-                record["hash"],
-            ]
-            for record, data in zip(self.records, data_json, strict=True)
+            [self.org_id] * len(records),
+            [str(record["device_id"]) for record in records],
+            [int(record["seq"]) for record in records],
+            [record["ts"] for record in records],
+            [record["kind"] for record in records],
+            [record["task_id"] for record in records],
+            list(self.data_json or [canonical_json(record["data"]) for record in records]),
+            [record["prev_hash"] for record in records],
+            [record["hash"] for record in records],
         ]
 
 
@@ -269,10 +269,11 @@ class AuditStore:
         """
         if not batches:
             return
-        rows: list[list[Any]] = []
+        columns: list[list[Any]] = [[] for _ in _RECORD_COLUMNS]
         heads: list[list[Any]] = []
         for batch in batches:
-            rows.extend(batch.rows())
+            for column, values in zip(columns, batch.columns(), strict=True):
+                column.extend(values)
             last = batch.records[-1]
             heads.append([batch.org_id, str(last["device_id"]), int(last["seq"]), last["hash"],
                           batch.signature, batch.public_key])
@@ -282,8 +283,9 @@ class AuditStore:
         with self._guard() as client:
             # Records first: a batch row always points at stored records. A crash
             # between the two is healed by the redelivery, each insert being idempotent.
-            client.insert(f"{self._db}.audit_records", rows, column_names=_RECORD_COLUMNS,
-                          column_type_names=list(_RECORD_TYPES.values()), settings=settings)
+            client.insert(f"{self._db}.audit_records", columns, column_names=_RECORD_COLUMNS,
+                          column_type_names=list(_RECORD_TYPES.values()), column_oriented=True,
+                          settings=settings)
             client.insert(f"{self._db}.audit_batches", heads, column_names=_BATCH_COLUMNS,
                           column_type_names=list(_BATCH_TYPES.values()), settings=settings)
 

