@@ -9,7 +9,8 @@ audit loop (hash chain from :func:`coact.shared.chain.make_record`, one signatur
 batch) — only four things differ, so that twenty thousand of them fit in a process:
 
 * the outbox and task journal are an :class:`~coact.agent.store.AgentStore` in
-  memory (``":memory:"``), not a SQLite file per device; it is lost when the
+  memory (``":memory:"``, called in place rather than through a worker thread),
+  not a SQLite file per device; it is lost when the
   simulator exits, so on the way out the simulator drains it and saves each chain
   head, and the next run continues the chains (:meth:`AgentStore.restore_head`);
 * identity, key and policy come from memory, not a data directory; the policy is

@@ -75,12 +75,13 @@ class AuditPipeline:
 
         While one insert runs, the next batches queue up and go in together: one part
         (and one round trip) per group instead of per batch. And an insert of fewer
-        rows than a full batch starts at most once per ``interval_s``: a busy fleet
-        sends a few records per task, and every insert makes a part (~20 ms of CPU in
-        the embedded engine for a small one, both tables, then merged again later), so small
-        batches arriving within the interval wait and share the next insert. The first
-        batch after a quiet spell goes in at once. Each batch's chain head advances
-        only after its rows are in, so the agent's ack waits too, not its tasks.
+        rows than a full batch starts at most once per ``interval_s`` (decision 46): a
+        busy fleet sends a few records per task, and every insert makes a part (~20 ms
+        of the embedded engine's CPU for a small one into both tables, then merged
+        again later), so small batches arriving within the interval wait and share
+        the next insert. The first batch after a quiet spell goes in at once. Each
+        batch's chain head advances only after its rows are in, so the agent's ack
+        waits too, not its tasks.
         """
         loop = asyncio.get_running_loop()
         last_start = -math.inf
