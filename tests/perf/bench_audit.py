@@ -67,11 +67,15 @@ def ingest(agents: int, backlog: int, *, workdir: Path | None = None, profile: P
         )
         if profile is not None:
             spy = perfkit.start_profile(relay.proc.pid, 30, profile)
+        relay_cpu = perfkit.cpu_seconds(relay.proc.pid)
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--audit-backlog", str(backlog),
             "--connect-rate", "1000", "--stop-when-drained", log=workdir / "sim.log",
         )
         summary = sim.stop_when_done(600)
+        # All of the relay's threads, the embedded ClickHouse engine's included, from
+        # the fleet's start to its drain (connecting 50 agents is a small part of it).
+        relay_cpu = perfkit.cpu_seconds(relay.proc.pid) - relay_cpu
         total = agents * (backlog + 1)  # + each agent's agent.start record
         heads = {r["device_id"]: r["last_seq"] for r in api.get("/api/v1/audit/batches").body["items"]}
     finally:
@@ -81,6 +85,7 @@ def ingest(agents: int, backlog: int, *, workdir: Path | None = None, profile: P
     result: dict[str, Any] = {"agents": agents, "records": total, "drained_s": summary.get("drained_s"),
                               "nacks": summary.get("audit_nacks"), "pending": summary.get("audit_pending")}
     result["records_per_s"] = round(total / summary["drained_s"], 1)
+    result["relay_cpu_us_per_record"] = round(1e6 * relay_cpu / total, 2)
     result["devices_with_all_records"] = sum(1 for seq in heads.values() if seq >= backlog + 1)
     rows = sample_rows(min(total, 200_000))
     result["floor_chdb_1k"] = round(perfkit.chdb_insert_floor(rows, 1000, workdir / "floor1"), 1)
@@ -93,7 +98,8 @@ def ingest(agents: int, backlog: int, *, workdir: Path | None = None, profile: P
         perfkit.record(
             "audit ingest",
             f"{result['records_per_s']:,.0f} records/s verified + stored ({total:,} records from {agents} agents, "
-            f"batches of ≤ 1,000; {result['devices_with_all_records']}/{agents} chains complete, {result['nacks']} nacks)",
+            f"batches of ≤ 1,000; {result['devices_with_all_records']}/{agents} chains complete, {result['nacks']} nacks; "
+            f"relay CPU {result['relay_cpu_us_per_record']} µs/record, all threads)",
             f"raw chDB insert {result['floor_chdb_1k']:,.0f} rows/s (1k batches), {result['floor_chdb_10k']:,.0f} rows/s "
             f"(10k batches); Ed25519 verify {result['floor_verify_us']} µs",
             f"{result['records_per_s'] / result['floor_chdb_1k']:.2f}x of 1k-batch floor",
