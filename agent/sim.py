@@ -74,6 +74,7 @@ log = logging.getLogger("coact.agent.sim")
 IDENTITIES_FILE = "identities.jsonl"
 HEADS_FILE = "heads.json"
 DRAIN_CHECK_S = 0.02  # how often --stop-when-drained looks at the outboxes
+MAX_CAUSES = 5  # reconnect causes reported, the most frequent first
 SIM_POLICY_RULE = """
 [[rules]]
 name = "sim-system-info"
@@ -265,6 +266,8 @@ class Counters:
     audit_timeouts: int = 0
     connect_failures: int = 0
     last_errors: list[str] = field(default_factory=list)
+    # Why sessions ended before each reconnect (the agent's last error), by count.
+    reconnect_causes: Counter[str] = field(default_factory=Counter)
 
 
 class _CountingRunner(TaskRunner):
@@ -322,6 +325,7 @@ class SimAgent(Agent):
     async def audit(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "agent.reconnect":
             self.counters.reconnects += 1
+            self.counters.reconnect_causes[str(data.get("error"))[:120]] += 1
         await super().audit(kind, data)
 
     async def _run_task(self, link: Any, spec: Any, workers: asyncio.Semaphore) -> None:
@@ -448,6 +452,7 @@ class Fleet:
             "audit_nacks": c.audit_nacks,
             "audit_timeouts": c.audit_timeouts,
             "last_errors": list(c.last_errors),
+            "reconnect_causes": dict(c.reconnect_causes.most_common(MAX_CAUSES)),
         }
 
     async def _run_agent(self, agent: SimAgent, stop: asyncio.Event) -> None:
@@ -572,6 +577,11 @@ def merge_progress(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         values = [p.get(key) for p in parts]
         if key == "last_errors":
             out[key] = [e for v in values for e in (v or [])][-5:]
+        elif key == "reconnect_causes":
+            causes: Counter[str] = Counter()
+            for v in values:
+                causes.update(v or {})
+            out[key] = dict(causes.most_common(MAX_CAUSES))
         elif key in ("elapsed_s", "all_connected_s", "drained_s", "connect_p50_s", "connect_p99_s"):
             out[key] = None if any(v is None for v in values) else max(values)  # type: ignore[type-var]
         else:

@@ -95,6 +95,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             held = sim.latest
             result["held"] = held["connected"]
             result["reconnects"] = held["reconnects"]
+            result["reconnect_causes"] = held.get("reconnect_causes") or {}
             result["connect_failures"] = held["connect_failures"]
             result["relay_cpu_pct_holding"] = round(
                 100 * ((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)) / (time.monotonic() - t0), 1)
@@ -120,7 +121,8 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             f"all connected in {result['all_connected_s']} s at "
             f"{connect_rate:g}/s (first audit batches all stored {result['settled_after_s']} s later), "
             f"relay CPU {result['relay_cpu_pct_holding']}% holding, "
-            f"{result['reconnects']} reconnects",
+            f"{result['reconnects']} reconnects"
+            + "".join(f"; {n}× {cause}" for cause, n in result.get("reconnect_causes", {}).items()),
             f"{result['floor_kb_per_conn']} KB/conn anonymous, {result['floor_rss_kb_per_conn']} KB/conn RSS "
             "(bare aiohttp WS)",
             f"{result['ratio']}x memory",
