@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from coact.agent import relay_client
 from coact.agent.config import DataDir, Identity
 from coact.agent.errors import AgentError, RevokedError
+from coact.agent.executors.system import telemetry
 from coact.agent.frames import TaskSpec
 from coact.agent.runtime import Agent, AgentOptions
 from coact.agent.store import AgentStore
@@ -311,10 +312,13 @@ class SimAgent(Agent):
     async def _telemetry(self) -> dict[str, Any]:
         # Every simulated device runs on this one machine: read it once a second for
         # all of them, not once per heartbeat each (thousands of /proc reads a second).
+        # Read on the loop (~0.2 ms), not in the thread pool: while a fleet connects,
+        # the pool is queued tens of seconds deep with token requests, and a heartbeat
+        # waiting behind them missed the relay's presence timeout (docs/performance.md).
         now = time.monotonic()
         if _shared_telemetry.figures is None or now - _shared_telemetry.taken_at >= 1.0:
             _shared_telemetry.taken_at = now
-            _shared_telemetry.figures = await super()._telemetry()
+            _shared_telemetry.figures = telemetry()
         return dict(_shared_telemetry.figures)
 
     def _write_state(self) -> None:
