@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf import perfkit  # noqa: E402
@@ -57,6 +59,12 @@ def floor_per_connection(count: int) -> tuple[float, float]:
         server.stop()
 
 
+def _cpu_s(proc: psutil.Process) -> float:
+    """CPU seconds the process has used, user and system, all threads."""
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
 def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
         heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
     perfkit.raise_fd_limit()
@@ -71,6 +79,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         gc.collect()
         time.sleep(2)
         rss_before, anon_before = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
+        cpu_before_connect, connect_started = _cpu_s(proc), time.monotonic()
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
             "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
@@ -82,23 +91,26 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             result["all_connected_s"] = reached["all_connected_s"]
             result["connect_p50_s"] = reached["connect_p50_s"]
             result["connect_p99_s"] = reached["connect_p99_s"]
+            # What a connect storm costs the relay: its CPU from the first handshake to
+            # the last (token request, upgrade, key proofs, first heartbeat and audit batch).
+            connect_cpu_s = _cpu_s(proc) - cpu_before_connect
+            result["relay_cpu_ms_per_connect"] = round(1000 * connect_cpu_s / agents, 2)
+            result["relay_cpu_pct_connecting"] = round(100 * connect_cpu_s / (time.monotonic() - connect_started), 1)
             # Hold once the connect storm has settled: every agent's first audit batch
             # (written at start-up) stored and acked.
             settled = time.monotonic()
             sim.wait(lambda p: p.get("connected", 0) >= agents and p.get("audit_pending", 1) == 0,
                      budget, "first audit batches acked")
             result["settled_after_s"] = round(time.monotonic() - settled, 1)
-            cpu_before = proc.cpu_times()
-            t0 = time.monotonic()
+            cpu_before, t0 = _cpu_s(proc), time.monotonic()
             time.sleep(hold_s)
-            cpu_after = proc.cpu_times()
+            cpu_holding = _cpu_s(proc) - cpu_before
             held = sim.latest
             result["held"] = held["connected"]
             result["reconnects"] = held["reconnects"]
             result["reconnect_causes"] = held.get("reconnect_causes") or {}
             result["connect_failures"] = held["connect_failures"]
-            result["relay_cpu_pct_holding"] = round(
-                100 * ((cpu_after.user + cpu_after.system) - (cpu_before.user + cpu_before.system)) / (time.monotonic() - t0), 1)
+            result["relay_cpu_pct_holding"] = round(100 * cpu_holding / (time.monotonic() - t0), 1)
             rss_after, anon_after = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
             result["relay_rss_mb"] = round(rss_after / 2**20, 1)
             result["relay_rss_kb_per_conn"] = round((rss_after - rss_before) / agents / 1024, 1)
@@ -119,7 +131,9 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay anonymous memory "
             f"(RSS: {result['relay_rss_kb_per_conn']} KB/conn, {result['relay_rss_mb']} MB total), "
             f"all connected in {result['all_connected_s']} s at "
-            f"{connect_rate:g}/s (first audit batches all stored {result['settled_after_s']} s later), "
+            f"{connect_rate:g}/s (relay {result['relay_cpu_ms_per_connect']} ms CPU per connect, "
+            f"{result['relay_cpu_pct_connecting']}% of a core while connecting; "
+            f"first audit batches all stored {result['settled_after_s']} s later), "
             f"relay CPU {result['relay_cpu_pct_holding']}% holding, "
             f"{result['reconnects']} reconnects"
             + "".join(f"; {n}× {cause}" for cause, n in result.get("reconnect_causes", {}).items()),
