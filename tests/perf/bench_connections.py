@@ -66,7 +66,8 @@ def _cpu_s(proc: psutil.Process) -> float:
 
 
 def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
-        heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
+        heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True,
+        profile: Path | None = None) -> dict[str, Any]:
     perfkit.raise_fd_limit()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-conn-"))
     relay = perfkit.start_relay(workdir)
@@ -85,6 +86,8 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
             log=workdir / "sim.log",
         )
+        # py-spy on the relay for the connect storm as requested (the fleet at the rate)
+        spy = None if profile is None else perfkit.start_profile(proc.pid, max(5.0, agents / connect_rate), profile)
         try:
             budget = agents / connect_rate * 3 + 120
             reached = sim.wait(lambda p: p.get("ever_connected", 0) >= agents, budget, f"{agents} connected")
@@ -118,12 +121,16 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             result["sim_command"] = sim.command
         finally:
             result["sim_summary"] = sim.stop()
+            if spy is not None:
+                spy.wait(120)
     finally:
         relay.stop()
     floor_rss, floor_anon = floor_per_connection(agents)
     result["floor_rss_kb_per_conn"] = round(floor_rss / 1024, 1)
     result["floor_kb_per_conn"] = round(floor_anon / 1024, 1)
     result["ratio"] = round(result["relay_kb_per_conn"] / result["floor_kb_per_conn"], 2)
+    if profile is not None:
+        result["profile"] = perfkit.top_frames(profile)
     print({k: v for k, v in result.items() if k != "sim_summary"})
     if do_record:
         perfkit.record(
@@ -155,9 +162,11 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=30.0)
     parser.add_argument("--heartbeat", type=float, default=20.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy the relay while the fleet connects; raw stacks to this file")
     args = parser.parse_args()
     run(args.agents, processes=args.processes, connect_rate=args.connect_rate, hold_s=args.hold,
-        heartbeat_s=args.heartbeat, workdir=args.workdir)
+        heartbeat_s=args.heartbeat, workdir=args.workdir, profile=args.profile)
 
 
 if __name__ == "__main__":
