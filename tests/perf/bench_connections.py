@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from perf import perfkit  # noqa: E402
@@ -59,12 +57,6 @@ def floor_per_connection(count: int) -> tuple[float, float]:
         server.stop()
 
 
-def _cpu_s(proc: psutil.Process) -> float:
-    """CPU seconds the process has used, user and system, all threads."""
-    times = proc.cpu_times()
-    return times.user + times.system
-
-
 def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
         heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True,
         profile: Path | None = None) -> dict[str, Any]:
@@ -80,7 +72,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         gc.collect()
         time.sleep(2)
         rss_before, anon_before = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
-        cpu_before_connect, connect_started = _cpu_s(proc), time.monotonic()
+        cpu_before_connect, connect_started = perfkit.cpu_seconds(proc.pid), time.monotonic()
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
             "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
@@ -96,7 +88,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             result["connect_p99_s"] = reached["connect_p99_s"]
             # What a connect storm costs the relay: its CPU from the first handshake to
             # the last (token request, upgrade, key proofs, first heartbeat and audit batch).
-            connect_cpu_s = _cpu_s(proc) - cpu_before_connect
+            connect_cpu_s = perfkit.cpu_seconds(proc.pid) - cpu_before_connect
             result["relay_cpu_ms_per_connect"] = round(1000 * connect_cpu_s / agents, 2)
             result["relay_cpu_pct_connecting"] = round(100 * connect_cpu_s / (time.monotonic() - connect_started), 1)
             # Hold once the connect storm has settled: every agent's first audit batch
@@ -105,9 +97,9 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             sim.wait(lambda p: p.get("connected", 0) >= agents and p.get("audit_pending", 1) == 0,
                      budget, "first audit batches acked")
             result["settled_after_s"] = round(time.monotonic() - settled, 1)
-            cpu_before, t0 = _cpu_s(proc), time.monotonic()
+            cpu_before, t0 = perfkit.cpu_seconds(proc.pid), time.monotonic()
             time.sleep(hold_s)
-            cpu_holding = _cpu_s(proc) - cpu_before
+            cpu_holding = perfkit.cpu_seconds(proc.pid) - cpu_before
             held = sim.latest
             result["held"] = held["connected"]
             result["reconnects"] = held["reconnects"]
