@@ -73,6 +73,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         time.sleep(2)
         rss_before, anon_before = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
         cpu_before_connect, connect_started = perfkit.cpu_seconds(proc.pid), time.monotonic()
+        threads_before_connect = perfkit.thread_cpu(proc.pid)
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
             "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
@@ -91,6 +92,10 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             connect_cpu_s = perfkit.cpu_seconds(proc.pid) - cpu_before_connect
             result["relay_cpu_ms_per_connect"] = round(1000 * connect_cpu_s / agents, 2)
             result["relay_cpu_pct_connecting"] = round(100 * connect_cpu_s / (time.monotonic() - connect_started), 1)
+            by_thread = perfkit.thread_cpu(proc.pid)
+            by_thread.subtract(threads_before_connect)
+            result["relay_cpu_ms_per_connect_by_thread"] = {
+                name: round(1000 * seconds / agents, 2) for name, seconds in by_thread.most_common(6)}
             # Hold once the connect storm has settled: every agent's first audit batch
             # (written at start-up) stored and acked.
             settled = time.monotonic()

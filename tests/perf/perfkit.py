@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -140,6 +141,27 @@ def cpu_seconds(pid: int) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def thread_cpu(pid: int) -> Counter[str]:
+    """CPU seconds (user + system) per kind of thread of a live process, by thread
+    name without its number (``BgSchPool3`` -> ``BgSchPool``), the main thread as
+    ``main``. It shows what py-spy cannot: the embedded ClickHouse engine's own native
+    threads (Python's worker threads all carry the interpreter's name, ``python``). A
+    thread that ends between two readings takes its time with it, so compare readings
+    of one phase."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()  # state, ppid, ... utime is the 12th
+        kind = "main" if task.name == str(pid) else name.rstrip("0123456789_-") or name
+        out[kind] += (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def login(relay: harness.Relay) -> tuple[harness.Api, str]:
