@@ -153,7 +153,7 @@ class Hub:
 
     async def handle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Serve the socket of the device ``principal`` (its token already checked by routing)."""
-        device = await self._session_device(principal)
+        device = self._session_device(principal)
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~8x memory per connection
             max_msg_size=MAX_FRAME_BYTES,
@@ -196,13 +196,15 @@ class Hub:
                 await ws.close()
         return ws
 
-    async def _session_device(self, principal: Principal) -> Row:
+    @staticmethod
+    def _session_device(principal: Principal) -> Row:
         """What a session keeps of its device: a whole row (last telemetry, tags)
-        would be held for as long as the device stays connected."""
-        row = await self.store.device(principal.org_id, principal.subject)
-        if row is None:
-            raise Unauthorized("unknown device")
-        return {"id": row["id"], "org_id": row["org_id"], "public_key": row["public_key"]}
+        would be held for as long as the device stays connected. Routing has just
+        read the row to check the token (an active device of this org), so it is not
+        read again; a revocation from here on is caught by the relay-wide watch."""
+        if principal.kind != "device" or principal.public_key is None:
+            raise Unauthorized("a device session needs a device token")
+        return {"id": principal.subject, "org_id": principal.org_id, "public_key": principal.public_key}
 
     async def _prove_key(self, ws: web.WebSocketResponse, device: Row) -> bool:
         nonce = secrets.token_urlsafe(32)

@@ -16,8 +16,9 @@ keys of the parameters it is executed with.
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
-from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 
 from coact.relay import schema as s
 from coact.relay.prepared import Prepared
@@ -60,9 +61,28 @@ def move_task(from_statuses: tuple[str, ...]) -> Prepared:
 
 SET_TASK = Prepared(update(_t).where(_t.c.id == bindparam("b_id")), set_from_params=True)
 
+
+def _deliverable(statuses: tuple[str, ...]) -> Any:
+    return (select(_t)
+            .where(_t.c.device_id == bindparam("b_device"), _t.c.status.in_(statuses),
+                   _t.c.expires_at > bindparam("b_now"))
+            .order_by(_t.c.id)
+            .limit(bindparam("b_limit")))
+
+
+# A device's tasks to send, oldest first: queued ones, and for a new session also
+# those sent before but not yet reported. Whole rows (params are JSON), so Core.
+QUEUED_TASKS = _deliverable(("queued",))
+UNREPORTED_TASKS = _deliverable(("queued", "dispatched"))
+
 DEVICE = select(_d).where(_d.c.id == bindparam("b_id"))
 ORG_DEVICE = select(_d).where(_d.c.id == bindparam("b_id"), _d.c.org_id == bindparam("b_org"))
 SET_DEVICE = Prepared(update(_d).where(_d.c.id == bindparam("b_id")), set_from_params=True)
+
+# A token request's nonce: spent once (the primary key refuses a replay), kept until
+# it expires, and the expired ones cleared on the way.
+DELETE_EXPIRED_NONCES = Prepared(delete(s.device_nonces).where(s.device_nonces.c.expires_at < bindparam("b_now")))
+INSERT_NONCE = Prepared(insert(s.device_nonces))
 
 ORG_USER = select(s.users).where(s.users.c.id == bindparam("b_id"), s.users.c.org_id == bindparam("b_org"))
 

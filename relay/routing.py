@@ -51,6 +51,7 @@ class Principal:
     subject: str
     org_id: str
     role: str | None = None
+    public_key: str | None = None  # a device's, as read when its token was checked
 
 
 @dataclass

@@ -69,7 +69,7 @@ class Services:
                 raise Unauthorized("this account is disabled or gone")
             return Principal("user", user["id"], user["org_id"], user["role"])
         device = await self._active_device(claims.subject, claims.org_id)
-        return Principal("device", device["id"], device["org_id"])
+        return Principal("device", device["id"], device["org_id"], public_key=device["public_key"])
 
     async def _active_device(self, device_id: str, org_id: str) -> Row:
         device = await self.store.device_unscoped(device_id)

@@ -696,13 +696,10 @@ class Store:
 
     async def spend_device_nonce(self, device_id: str, nonce: str, keep_s: int) -> bool:
         """Remember a token-request nonce; False if it was seen before (a replay)."""
-        n = s.device_nonces
         try:
             def _body(conn: Connection) -> Any:
-                conn.execute(delete(n).where(n.c.expires_at < self.now()))
-                conn.execute(
-                    insert(n).values(device_id=device_id, nonce=nonce, expires_at=self.later(keep_s))
-                )
+                q.DELETE_EXPIRED_NONCES.run(conn, {"b_now": self.now()})
+                q.INSERT_NONCE.run(conn, {"device_id": device_id, "nonce": nonce, "expires_at": self.later(keep_s)})
             await self._write(_body)
         except IntegrityError:
             return False
@@ -871,17 +868,11 @@ class Store:
     async def deliverable_tasks(self, device_id: str, *, redeliver: bool = True, limit: int = 500) -> list[Row]:
         """Tasks the device should get, oldest first: queued ones, and with ``redeliver``
         (a new session) also those sent before but not yet reported."""
-        t = s.tasks
-        statuses = ("queued", "dispatched") if redeliver else ("queued",)
+        query = q.UNREPORTED_TASKS if redeliver else q.QUEUED_TASKS
+        params = {"b_device": device_id, "b_now": self.now(), "b_limit": limit}
 
         def _body(conn: Connection) -> Any:
-            rows = conn.execute(
-                select(t)
-                .where(t.c.device_id == device_id, t.c.status.in_(statuses), t.c.expires_at > self.now())
-                .order_by(t.c.id)
-                .limit(limit)
-            )
-            return [_row(r) for r in rows]
+            return [_row(r) for r in conn.execute(query, params)]
         return await self._read(_body)
 
     def _transition(

@@ -92,11 +92,53 @@ async def _workload(url: str, tasks: int, check: bool) -> dict[str, Any]:
     return result
 
 
-def run(tasks: int, url: str | None = None, *, check: bool = True) -> dict[str, Any]:
-    """The workload in this process, on a fresh SQLite file unless ``url`` is given."""
-    workdir = Path(tempfile.mkdtemp(prefix="coact-bench-store-"))
+async def _connect_workload(url: str, connects: int, check: bool) -> dict[str, Any]:
+    """The state-database work of ``connects`` device connects, as the relay does it
+    for one (``--connects``): the token request (device lookup, nonce spent), the
+    WebSocket upgrade (the device lookup that checks its token), presence, the
+    session's audit head and its deliverable tasks."""
+    use_orjson()
+    store = await Store.open(url, SystemClock(), f"rly_{secrets.token_hex(6)}",
+                             keys.public_key_b64(Ed25519PrivateKey.generate()))
     try:
-        return asyncio.run(_workload(url or f"sqlite:///{workdir / 'relay.db'}", tasks, check))
+        user = await store.create_org_with_admin(f"bench-{secrets.token_hex(4)}@example.com", "hash", "bench")
+        code = secrets.token_hex(32)
+        await store.create_enrollment_code(user["org_id"], user["id"], code, [], ttl_s=600)
+        device = await store.enroll_device(code, "bench", "linux", secrets.token_hex(16))
+        org_id, device_id = user["org_id"], device["id"]
+        gate = asyncio.Semaphore(CONCURRENCY)
+        spent: list[bool] = []
+
+        async def one() -> None:
+            async with gate:
+                await store.device_unscoped(device_id)
+                spent.append(await store.spend_device_nonce(device_id, secrets.token_hex(16), 600))
+                await store.device_unscoped(device_id)
+                await store.record_presence(device, online=True)
+                await store.audit_head(device_id)
+                await store.deliverable_tasks(device_id, redeliver=True)
+
+        wall, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(one() for _ in range(connects)))
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        result = {"connects": connects, "nonces_spent": spent.count(True),
+                  "us_per_connect": round(wall / connects * 1e6, 1), "cpu_us_per_connect": round(cpu / connects * 1e6, 1)}
+        if check:
+            chain_id = store.relay_chain_id(org_id)
+            result["relay_events"] = sum(1 for row in await store.pending_relay_events(10 * connects + 10)
+                                         if row["chain_id"] == chain_id)
+    finally:
+        await store.close()
+    return result
+
+
+def run(tasks: int, url: str | None = None, *, check: bool = True, connects: bool = False) -> dict[str, Any]:
+    """The workload in this process, on a fresh SQLite file unless ``url`` is given;
+    ``tasks`` device connects instead of tasks with ``connects``."""
+    workdir = Path(tempfile.mkdtemp(prefix="coact-bench-store-"))
+    workload = _connect_workload if connects else _workload
+    try:
+        return asyncio.run(workload(url or f"sqlite:///{workdir / 'relay.db'}", tasks, check))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -126,8 +168,9 @@ def sqlite_floor(tasks: int) -> float:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def instructions_per_task(tasks: int) -> int:
-    """CPU instructions per task, counted by valgrind's callgrind (runs N and 2N tasks)."""
+def instructions_per_task(tasks: int, *extra: str) -> int:
+    """CPU instructions per task (or per connect, with ``--connects`` in ``extra``),
+    counted by valgrind's callgrind (runs N and 2N)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
@@ -135,7 +178,7 @@ def instructions_per_task(tasks: int) -> int:
     for n in (tasks, 2 * tasks):
         done = subprocess.run(
             [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__,
-             "--tasks", str(n), "--workload-only"],
+             "--tasks", str(n), "--workload-only", *extra],
             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "0"},
         )
         found = re.search(r"Collected : (\d+)", done.stderr)
@@ -149,10 +192,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument("--callgrind", action="store_true", help="also count instructions per task (valgrind)")
+    parser.add_argument("--connects", action="store_true",
+                        help="measure the state work of --tasks device connects instead of tasks")
     parser.add_argument("--workload-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload_only:
-        run(args.tasks, check=False)
+        run(args.tasks, check=False, connects=args.connects)
+        return
+    if args.connects:
+        connects_main(args.tasks, args.callgrind)
         return
     result = run(args.tasks)
     # signup, enrollment code, enrollment, then a created and a state event per task
@@ -175,6 +223,16 @@ def main() -> None:
         "(part of ≥ 5,000 tasks/s end to end)",
         command,
     )
+
+
+def connects_main(connects: int, callgrind: bool) -> None:
+    result = run(connects, connects=True)
+    # signup, enrollment code, enrollment, then a device.online event per connect
+    if result["nonces_spent"] != connects or result["relay_events"] != 3 + connects:
+        raise SystemExit(f"not every nonce and presence event was stored once: {result}")
+    if callgrind:
+        result["instructions_per_connect"] = instructions_per_task(connects, "--connects")
+    print(result)
 
 
 if __name__ == "__main__":

@@ -431,6 +431,20 @@ async def test_device_nonce_replay_is_refused(store: Store, clock: FakeClock) ->
     assert await count(store, nonces, nonces.c.device_id == device["id"]) == 1
 
 
+async def test_a_replayed_nonce_in_a_busy_group_fails_alone(store: Store) -> None:
+    """Concurrent writes share a commit: the replay's failure must not undo the others."""
+    user = await new_org(store)
+    device = await new_device(store, user["org_id"])
+    spent = await asyncio.gather(
+        *(store.spend_device_nonce(device["id"], "same", keep_s=300) for _ in range(4)),
+        *(store.spend_device_nonce(device["id"], f"n-{i}", keep_s=300) for i in range(4)),
+    )
+    assert sorted(spent[:4]) == [False, False, False, True]
+    assert spent[4:] == [True] * 4
+    nonces = schema.device_nonces
+    assert await count(store, nonces, nonces.c.device_id == device["id"]) == 5
+
+
 async def test_presence_and_touch(store: Store, clock: FakeClock) -> None:
     user = await new_org(store)
     device = await new_device(store, user["org_id"])
@@ -572,6 +586,8 @@ async def test_deliverable_tasks(store: Store, clock: FakeClock) -> None:
 
     expected = sorted([queued["id"], dispatched["id"], short["id"]])
     assert ids(await store.deliverable_tasks(device["id"])) == expected
+    assert ids(await store.deliverable_tasks(device["id"], limit=2)) == expected[:2]
+    assert ids(await store.deliverable_tasks(device["id"], redeliver=False)) == sorted([queued["id"], short["id"]])
     clock.advance(10)
     assert ids(await store.deliverable_tasks(device["id"])) == sorted([queued["id"], dispatched["id"]])
     assert awaiting["id"] not in ids(await store.deliverable_tasks(device["id"]))
