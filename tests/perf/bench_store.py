@@ -14,8 +14,14 @@ against a real SQLite (or PostgreSQL) store and prints:
 Floor, same run: the same rows written with the standard library's ``sqlite3``, two
 transactions per task, no SQLAlchemy, no events.
 
+With ``--connects``, ``--tasks`` device connects instead: the state calls the relay
+makes for one (token nonce, device lookup, presence, audit head, deliverable tasks),
+printed as CPU and, with ``--callgrind``, instructions per connect (not recorded in
+the table; docs/performance.md quotes it).
+
     .venv/bin/python tests/perf/bench_store.py --tasks 3000
     .venv/bin/python tests/perf/bench_store.py --tasks 200 --callgrind
+    .venv/bin/python tests/perf/bench_store.py --connects --tasks 200 --callgrind
 """
 
 from __future__ import annotations

@@ -153,6 +153,12 @@ def test_store_bench_smoke() -> None:
     assert bench_store.sqlite_floor(10) > 0
 
 
+def test_store_connects_bench_smoke() -> None:
+    result = bench_store.run(40, connects=True)
+    assert result["nonces_spent"] == 40
+    assert result["relay_events"] == 3 + 40  # signup, code, enrollment; device.online per connect
+
+
 def test_floors_smoke() -> None:
     server = perfkit.FloorServer()
     try:
