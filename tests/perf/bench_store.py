@@ -55,10 +55,10 @@ CONCURRENCY = 64
 RESULT = {"ok": True, "output": {"bytes": 2}, "error": None, "artifacts": [], "denied": False}
 
 
-async def _workload(url: str, tasks: int, check: bool) -> dict[str, Any]:
-    """Create ``tasks`` dispatched tasks and store a result for each; return timings
-    and, with ``check``, what the store holds afterwards."""
-    use_orjson()  # as the relay does at start
+async def _store_with_device(url: str) -> tuple[Store, dict[str, Any], dict[str, Any]]:
+    """A fresh store (codecs as the relay sets them at start) with an org, its admin
+    and one enrolled device (the three writes count as three relay events)."""
+    use_orjson()
     store = await Store.open(url, SystemClock(), f"rly_{secrets.token_hex(6)}",
                              keys.public_key_b64(Ed25519PrivateKey.generate()))
     try:
@@ -66,6 +66,17 @@ async def _workload(url: str, tasks: int, check: bool) -> dict[str, Any]:
         code = secrets.token_hex(32)
         await store.create_enrollment_code(user["org_id"], user["id"], code, [], ttl_s=600)
         device = await store.enroll_device(code, "bench", "linux", secrets.token_hex(16))
+    except BaseException:
+        await store.close()
+        raise
+    return store, user, device
+
+
+async def _workload(url: str, tasks: int, check: bool) -> dict[str, Any]:
+    """Create ``tasks`` dispatched tasks and store a result for each; return timings
+    and, with ``check``, what the store holds afterwards."""
+    store, user, device = await _store_with_device(url)
+    try:
         gate = asyncio.Semaphore(CONCURRENCY)
         outcomes: list[str] = []
 
@@ -103,14 +114,8 @@ async def _connect_workload(url: str, connects: int, check: bool) -> dict[str, A
     for one (``--connects``): the token request (device lookup, nonce spent), the
     WebSocket upgrade (the device lookup that checks its token), presence, the
     session's audit head and its deliverable tasks."""
-    use_orjson()
-    store = await Store.open(url, SystemClock(), f"rly_{secrets.token_hex(6)}",
-                             keys.public_key_b64(Ed25519PrivateKey.generate()))
+    store, user, device = await _store_with_device(url)
     try:
-        user = await store.create_org_with_admin(f"bench-{secrets.token_hex(4)}@example.com", "hash", "bench")
-        code = secrets.token_hex(32)
-        await store.create_enrollment_code(user["org_id"], user["id"], code, [], ttl_s=600)
-        device = await store.enroll_device(code, "bench", "linux", secrets.token_hex(16))
         org_id, device_id = user["org_id"], device["id"]
         gate = asyncio.Semaphore(CONCURRENCY)
         spent: list[bool] = []
