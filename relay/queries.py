@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, or_, select, update
+from sqlalchemy import Select, bindparam, delete, insert, or_, select, update
 
 from coact.relay import schema as s
 from coact.relay.prepared import Prepared
@@ -62,7 +62,7 @@ def move_task(from_statuses: tuple[str, ...]) -> Prepared:
 SET_TASK = Prepared(update(_t).where(_t.c.id == bindparam("b_id")), set_from_params=True)
 
 
-def _deliverable(statuses: tuple[str, ...]) -> Any:
+def _deliverable(statuses: tuple[str, ...]) -> Select[Any]:
     return (select(_t)
             .where(_t.c.device_id == bindparam("b_device"), _t.c.status.in_(statuses),
                    _t.c.expires_at > bindparam("b_now"))
