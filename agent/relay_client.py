@@ -23,10 +23,23 @@ TIMEOUT_S = 15
 
 
 class RelayHTTPError(AgentError):
-    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+    def __init__(self, status: int, problem: dict[str, Any], retry_after: float | None = None) -> None:
         super().__init__(f"relay answered {status}: {problem.get('detail') or problem.get('title') or 'error'}")
         self.status = status
         self.problem = problem
+        self.retry_after = retry_after  # seconds, when a busy relay said when to come back
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` header in seconds (the relay sends whole seconds; an HTTP date
+    or a value that does not parse is ignored), at most an hour."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return min(seconds, 3600.0) if seconds >= 0 else None
 
 
 def post_json(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +58,8 @@ def post_json(base_url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
             problem = json.loads(exc.read() or b"{}")
         except ValueError:
             problem = {}
-        raise RelayHTTPError(exc.code, problem if isinstance(problem, dict) else {}) from exc
+        raise RelayHTTPError(exc.code, problem if isinstance(problem, dict) else {},
+                             parse_retry_after(exc.headers.get("Retry-After"))) from exc
     except (urllib.error.URLError, OSError, ValueError) as exc:
         raise AgentError(f"cannot reach the relay at {base_url}: {exc}") from exc
 

@@ -81,6 +81,24 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
     return rng.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
 
 
+def reconnect_delay(attempt: int, options: AgentOptions, rng: random.Random, retry_after: float | None) -> float:
+    """The back-off, and never sooner than a busy relay asked: between its Retry-After
+    and twice it, so the devices it turned away together do not come back together."""
+    delay = backoff_delay(attempt, options.backoff_base_s, options.backoff_max_s, rng)
+    if retry_after is not None:
+        delay = max(delay, retry_after * (1 + rng.random()))
+    return delay
+
+
+def retry_after_of(exc: BaseException) -> float | None:
+    """The Retry-After of a refused token request or WebSocket upgrade, if it had one."""
+    if isinstance(exc, relay_client.RelayHTTPError):
+        return exc.retry_after
+    if isinstance(exc, InvalidStatus):
+        return relay_client.parse_retry_after(exc.response.headers.get("Retry-After"))
+    return None
+
+
 def websocket_url(relay_url: str) -> str:
     if relay_url.startswith("https://"):
         return "wss://" + relay_url.removeprefix("https://").rstrip("/") + "/api/v1/agent/ws"
@@ -164,6 +182,7 @@ class Agent:
         attempt = 0
         try:
             while not stop.is_set():
+                retry_after = None
                 try:
                     established = await self._connect_once(stop)
                     if established:
@@ -176,8 +195,9 @@ class Agent:
                 except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, AgentError,
                         ProtocolError, websockets.exceptions.InvalidHandshake) as exc:
                     self.last_error = f"{type(exc).__name__}: {exc}"
+                    retry_after = retry_after_of(exc)
                     log.warning("connection to relay failed: %s", self.last_error)
-                delay = backoff_delay(attempt, self.options.backoff_base_s, self.options.backoff_max_s, self.rng)
+                delay = reconnect_delay(attempt, self.options, self.rng, retry_after)
                 attempt += 1
                 await self.audit("agent.reconnect", {"attempt": attempt, "delay_s": round(delay, 3), "error": self.last_error})
                 self._write_state()

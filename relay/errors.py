@@ -12,10 +12,12 @@ RFC 9457 ``application/problem+json`` responses in one place.
         ├── PayloadTooLarge        413
         ├── TooManyRequests        429  login attempts over the limit (Retry-After header)
         └── ServiceUnavailable     503  a backing store is down
+            └── ConnectsBusy       503  too many devices connecting at once (Retry-After header)
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from coact.shared.errors import CoactError
@@ -25,6 +27,7 @@ class RelayError(CoactError):
     status = 500
     slug = "internal-error"
     title = "Internal error"
+    log_level: int | None = None  # None: by status (coact.relay.problems)
 
     def __init__(self, detail: str, **extra: Any) -> None:
         super().__init__(detail)
@@ -89,3 +92,13 @@ class ServiceUnavailable(RelayError):
     status = 503
     slug = "service-unavailable"
     title = "Service unavailable"
+
+
+class ConnectsBusy(ServiceUnavailable):
+    """A device connect turned away (coact.relay.admission): thousands a second in a
+    reconnect storm, so each is logged at DEBUG and the hub logs a summary."""
+
+    log_level = logging.DEBUG
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many devices are connecting; try again after Retry-After", retry_after=retry_after)

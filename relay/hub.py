@@ -21,8 +21,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from coact.relay.admission import Admission, ConnectGate
 from coact.relay.audit import AuditPipeline
-from coact.relay.errors import Unauthorized
+from coact.relay.errors import ConnectsBusy, Unauthorized
 from coact.relay.events import EventBus
 from coact.relay.routing import Principal
 from coact.relay.settings import Settings
@@ -59,6 +60,10 @@ CLOSE_REVOKED = 4403
 CLOSE_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
 AUTH_TIMEOUT_S = 10.0
+# A token request's connect slot is kept this long for its socket (the agent's own
+# time limit for the request); a device that never connects gives it back then.
+CONNECT_HOLD_S = 15.0
+TURNED_AWAY_LOG_S = 10.0  # at most one log line per this long about connects turned away
 MAX_PROTOCOL_ERRORS = 5
 MAX_TELEMETRY_BYTES = 16 * 1024
 # How often the relay-wide watch looks for revocations and tasks that other relay
@@ -114,6 +119,8 @@ class Hub:
         self.events = events
         self.settings = settings
         self.sessions: dict[str, Session] = {}
+        self.connects = ConnectGate(settings.device_connect_limit, CONNECT_HOLD_S, store.clock.monotonic)
+        self._turned_away, self._turned_away_logged = 0, float("-inf")
         # Heartbeats are recorded in one write per watch interval, not one each.
         self._seen: dict[str, tuple[str, dict[str, Any] | None]] = {}
         # (device id, task id) -> (received at, org id): receipts not written yet.
@@ -151,9 +158,30 @@ class Hub:
 
     # -- session ------------------------------------------------------------------------
 
+    def admit(self, device_id: str) -> Admission:
+        """A connect slot for the device, or 503 with Retry-After (coact.relay.admission)."""
+        if self.connects.admit(device_id):
+            return Admission(self.connects, device_id)
+        retry_after = self.connects.retry_after()
+        self._turned_away += 1
+        now = self.store.clock.monotonic()
+        if now - self._turned_away_logged >= TURNED_AWAY_LOG_S:
+            log.warning("turned away %d device connects since the last report: %d in progress (the limit), "
+                        "a connect takes %.2f s, the latest told to retry after %d s", self._turned_away,
+                        self.connects.limit, self.connects.connect_s, retry_after)
+            self._turned_away, self._turned_away_logged = 0, now
+        raise ConnectsBusy(retry_after)
+
     async def handle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         """Serve the socket of the device ``principal`` (its token already checked by routing)."""
         device = self._session_device(principal)
+        admission = self.admit(device["id"])
+        try:
+            return await self._serve(request, device, admission)
+        finally:
+            admission.abandon()  # the session ended before its welcome
+
+    async def _serve(self, request: web.Request, device: Row, admission: Admission) -> web.StreamResponse:
         ws = web.WebSocketResponse(
             compress=False,  # permessage-deflate costs ~8x memory per connection
             max_msg_size=MAX_FRAME_BYTES,
@@ -173,6 +201,7 @@ class Hub:
         try:
             head = await self.store.audit_head(session.device_id) or GENESIS
             await session.send(Welcome(device_id=session.device_id, audit_seq=head.seq, audit_hash=head.hash))
+            admission.welcomed()
             async with asyncio.TaskGroup() as group:
                 session.group = group
                 self._deliver(session, redeliver=True)

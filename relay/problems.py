@@ -18,7 +18,7 @@ PROBLEM_BASE = "https://coact.dev/problems/"
 def problem_response(status: int, slug: str, title: str, detail: str, **extra: object) -> web.Response:
     body = {"type": PROBLEM_BASE + slug, "title": title, "status": status, "detail": detail, **extra}
     headers = {"WWW-Authenticate": 'Bearer realm="coact"'} if status == 401 else None
-    if status == 429 and "retry_after" in extra:
+    if status in (429, 503) and "retry_after" in extra:
         headers = {"Retry-After": str(extra["retry_after"])}
     return web.Response(
         text=json.dumps(body), status=status, content_type="application/problem+json", headers=headers
@@ -33,7 +33,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except RelayError as exc:
-        level = logging.WARNING if isinstance(exc, Unauthorized) or exc.status >= 500 else logging.INFO
+        level = exc.log_level or (logging.WARNING if isinstance(exc, Unauthorized) or exc.status >= 500
+                                  else logging.INFO)
         log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
         return problem_response(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
     except web.HTTPException as exc:

@@ -43,6 +43,7 @@ class Settings:
     password_memory_kib: int = _setting(65536, "argon2id memory in KiB.")
     password_parallelism: int = _setting(4, "argon2id lanes.")
     max_body_bytes: int = _setting(1024 * 1024, "Largest accepted HTTP request body.")
+    device_connect_limit: int = _setting(256, "Device connects served at once (a token request, then the agent socket until its welcome). More answer 503 with Retry-After, so a fleet reconnecting all at once is served in turn instead of every connect timing out together.")
     presence_timeout_s: float = _setting(60.0, "A device with no frame for this long is closed and shown offline.")
     task_default_timeout_s: int = _setting(60, "Execution timeout of a task that names none.")
     task_default_ttl_s: int = _setting(86400, "How long a queued task waits for an offline device before it expires, if it names no expires_at.")
@@ -58,7 +59,7 @@ class Settings:
         for name in ("access_token_ttl_s", "device_token_ttl_s", "refresh_token_ttl_s", "enrollment_code_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("login_max_failures", "login_max_per_address", "login_window_s"):
+        for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.refresh_reuse_grace_s <= 60:

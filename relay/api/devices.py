@@ -23,6 +23,7 @@ from coact.relay.api.models import (
 from coact.relay.errors import BadRequest, NotFound, Unauthorized
 from coact.relay.hub import CLOSE_REVOKED
 from coact.relay.routing import ADMIN, ANY_USER, DEVICE, PUBLIC, Call, RouteTable
+from coact.relay.services import Services
 from coact.relay.storage import Row
 from coact.relay.tokens import TokenError, hash_enrollment_code, new_enrollment_code
 from coact.shared import keys
@@ -109,11 +110,22 @@ async def enroll(call: Call) -> Enrolled:
 
 @routes.route("POST", "/api/v1/devices/token", access=PUBLIC, body=DeviceTokenRequest, response=DeviceToken,
               summary="Get a short-lived device token by signing a fresh request with the device key",
-              errors=(400, 401))
+              errors=(400, 401, 503))
 async def device_token(call: Call) -> DeviceToken:
     # Public in the routing sense: the caller proves itself with the signature below.
+    # The connect slot is taken first, so a refusal in a reconnect storm costs nothing
+    # more; a granted one is kept for the device's socket, or given back on a failure.
     svc = services(call.request)
     body: DeviceTokenRequest = call.body
+    admission = svc.hub.admit(body.device_id)
+    try:
+        return await _device_token(svc, body)
+    except BaseException:
+        admission.abandon()
+        raise
+
+
+async def _device_token(svc: Services, body: DeviceTokenRequest) -> DeviceToken:
     refused = Unauthorized("device token request refused")
     device = await svc.store.device_unscoped(body.device_id)
     if device is None:
@@ -164,7 +176,7 @@ async def revoke_device(call: Call) -> Device:
 
 
 @routes.route("GET", "/api/v1/agent/ws", access=DEVICE, content_type="websocket",
-              summary="The agent WebSocket (protocol: docs/api/ws.md)", errors=(401, 403))
+              summary="The agent WebSocket (protocol: docs/api/ws.md)", errors=(401, 403, 503))
 async def agent_ws(call: Call) -> web.StreamResponse:
     assert call.principal is not None  # routing admits only authenticated devices here
     return await services(call.request).hub.handle(call.request, call.principal)
