@@ -145,9 +145,15 @@ class AuditPipeline:
             if stored.seq > (head.seq if head else 0):
                 log.info("audit chain %s: ClickHouse is ahead (%d > %s); adopting its head",
                          chain_id, stored.seq, head.seq if head else 0)
-                if not await self.store.advance_audit_head(chain_id, org_id, head, stored):
-                    raise ChainError(f"chain head of {chain_id} moved during reconciliation")
-                head = stored
+                if await self.store.advance_audit_head(chain_id, org_id, head, stored):
+                    head = stored
+                else:
+                    # Moved meanwhile: by a batch of this chain stored while we looked
+                    # (a device's old and new sessions overlap in a reconnect storm).
+                    # Up to ClickHouse's head or beyond, that is where we were going.
+                    head = await self.store.audit_head(chain_id)
+                    if head is None or head.seq < stored.seq:
+                        raise ChainError(f"chain head of {chain_id} moved back during reconciliation")
             self._reconciled.add(chain_id)
         return head or GENESIS
 

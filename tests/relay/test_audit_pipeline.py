@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -161,6 +162,55 @@ async def test_a_new_relay_adopts_clickhouse_heads_for_many_chains_in_few_lookup
         assert await store.audit_head(device["id"]) == ChainHead(6, rest[-1]["hash"])
         assert [r["seq"] for r in audit_store.records(device["org_id"], device_id=device["id"])] == [1, 2, 3, 4, 5, 6]
     assert 1 <= _CountingAuditStore.lookups < len(devices) / 2
+
+
+class _HeldLookupAuditStore(AuditStore):
+    """The real store; its head lookup says it was asked, then waits until the test
+    lets it answer."""
+
+    asked = threading.Event()
+    answer = threading.Event()
+
+    def heads(self, chains: Any) -> Any:
+        type(self).asked.set()
+        assert type(self).answer.wait(30)
+        return super().heads(chains)
+
+
+async def test_reconciling_a_chain_whose_head_moves_meanwhile_goes_on_from_the_new_head(
+    store: Store, audit_store: AuditStore
+) -> None:
+    """A fleet reconnecting in a storm: a device's new session sends its first batch
+    while a batch of its old one is being stored. The new session finds ClickHouse
+    ahead of the state database and adopts its head, but the old batch's head moves
+    first. That is no conflict (the head moved to where ClickHouse is) and the new
+    batch is stored, not refused with an error."""
+    device, key = await _device(store)
+    records, _signature = _batch(device["id"], key, 6)
+    first, rest = records[:4], records[4:]
+    audit_store.insert_batch(device["org_id"], first, sign_batch(key, device["id"], ChainHead(4, first[-1]["hash"])),
+                             keys.public_key_b64(key))
+    held = _HeldLookupAuditStore(audit_store._client, audit_store.database)  # the same engine
+    audit = AuditPipeline(store, held, Ed25519PrivateKey.generate())
+    inserter = asyncio.create_task(audit.run_inserter())
+    try:
+        ingest = asyncio.create_task(audit.ingest_device_batch(
+            device, rest, sign_batch(key, device["id"], ChainHead(6, rest[-1]["hash"]))))
+        assert await asyncio.to_thread(_HeldLookupAuditStore.asked.wait, 30)  # the new session looks
+        # Meanwhile the old session's batch (1-4) finishes: its head advances.
+        assert await store.advance_audit_head(device["id"], device["org_id"], None, ChainHead(4, first[-1]["hash"]))
+        _HeldLookupAuditStore.answer.set()
+        reply, head = await ingest
+    finally:
+        _HeldLookupAuditStore.answer.set()
+        inserter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await inserter
+    assert isinstance(reply, AuditAck), reply
+    assert reply.last_seq == 6
+    assert head == ChainHead(6, rest[-1]["hash"])
+    assert await store.audit_head(device["id"]) == head
+    assert [r["seq"] for r in audit_store.records(device["org_id"], device_id=device["id"])] == [1, 2, 3, 4, 5, 6]
 
 
 class _OverlapCountingAuditStore(AuditStore):
