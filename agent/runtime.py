@@ -82,11 +82,13 @@ def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> 
 
 
 def reconnect_delay(attempt: int, options: AgentOptions, rng: random.Random, retry_after: float | None) -> float:
-    """The back-off, and never sooner than a busy relay asked: between its Retry-After
-    and twice it, so the devices it turned away together do not come back together."""
+    """The back-off, and never sooner than a busy relay asked. Its Retry-After is an
+    appointment (each device turned away gets its own, by its place in line: see
+    coact.relay.admission), so the agent keeps it, late by up to a second and a
+    quarter of it: devices given the same whole second do not arrive together."""
     delay = backoff_delay(attempt, options.backoff_base_s, options.backoff_max_s, rng)
     if retry_after is not None:
-        delay = max(delay, retry_after * (1 + rng.random()))
+        delay = max(delay, retry_after + rng.uniform(0, 1 + retry_after / 4))
     return delay
 
 

@@ -12,30 +12,35 @@ up (measured: 12,000 simultaneous token requests, 140 answered within the agent'
 never comes; at most ``limit`` devices hold one. A device that finds none is refused
 (HTTP 503 with ``Retry-After``), cheaply, before any signature is checked.
 
-``Retry-After`` is an appointment: a refused device's place in the line of devices
-turned away recently, times how long a connect takes (a moving average, from the
-token request to the welcome), divided by the connects served at once. The first in
-line are told to come back in a second, the last of a large fleet up to a minute
-later, so the fleet comes back at the rate the relay serves it; the agent waits
-between that and twice it (or its own back-off, if longer), so devices given the
-same whole second do not arrive together.
+``Retry-After`` is an appointment. A device turned away takes a ticket, and keeps it
+while it waits; its place in line is its ticket less the tickets that have left the
+line (got in, or were forgotten), and its appointment is that place divided by the
+rate at which connects have been completing since the gate filled up. So the fleet
+comes back at about the rate the relay serves it, in the order it was turned away.
+Appointments are at most ``MAX_RETRY_AFTER_S`` away, and those further back are
+spread over the second half of that: an estimate made early in a rush is low (the
+relay is busy turning thousands away, ~0.6 ms each, against ~7 ms for a connect), and
+a device back too early is told again, from its place, which has moved up meanwhile,
+instead of the relay idling while devices keep appointments made too far out. In the first second of a rush no connect has completed yet; the guess then
+is that every slot turns over once a second.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 Monotonic = Callable[[], float]
 
 MAX_RETRY_AFTER_S = 60
-# A turned-away device stays in the line this long (it may have been told to wait up
-# to MAX_RETRY_AFTER_S, and then up to twice that); at most MAX_WAITING are kept.
+# A device turned away keeps its ticket this long after it last asked; at most
+# MAX_WAITING are kept.
 WAITING_MEMORY_S = 2.0 * MAX_RETRY_AFTER_S
 MAX_WAITING = 100_000
-FIRST_CONNECT_GUESS_S = 1.0  # how long a connect takes, until one has been measured
-SMOOTHING = 0.2  # weight of each new connect time in the moving average
+RATE_WINDOW_S = 10.0  # the completion rate is measured over at most this long
+MIN_RATE_SPAN_S = 1.0  # and over at least this long; before that, it is guessed
 
 
 class ConnectGate:
@@ -47,52 +52,93 @@ class ConnectGate:
         self.limit = limit
         self.hold_s = hold_s
         self._clock = clock
-        # device -> (deadline, admitted at), oldest deadline first
-        self._slots: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._waiting: OrderedDict[str, float] = OrderedDict()  # device -> when last turned away, in line order
-        self.connect_s = FIRST_CONNECT_GUESS_S  # moving average, token request to welcome
+        self._slots: OrderedDict[str, float] = OrderedDict()  # device -> deadline, oldest first
+        # device -> (ticket, when it last asked), in ticket order
+        self._waiting: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._tickets = 0  # handed out
+        self._left = 0  # of those, no longer in line
+        self._completed: deque[float] = deque()  # when connects were welcomed, the last RATE_WINDOW_S
+        self._full_since = -math.inf  # when the gate last filled up after a quiet spell
+        self._last_refusal = -math.inf
 
     @property
     def in_progress(self) -> int:
         self._expire(self._clock())
         return len(self._slots)
 
+    @property
+    def waiting(self) -> int:
+        """Devices in line."""
+        return len(self._waiting)
+
     def admit(self, device_id: str) -> bool:
         """Give ``device_id`` a slot (or renew the one it holds); False if none is free:
-        the device then goes to the end of the line."""
+        the device then waits in line (see :meth:`retry_after`)."""
         now = self._clock()
         self._expire(now)
-        held = self._slots.pop(device_id, None)
-        if held is None and len(self._slots) >= self.limit:
-            self._waiting.pop(device_id, None)
-            self._waiting[device_id] = now
-            if len(self._waiting) > MAX_WAITING:
-                self._waiting.popitem(last=False)
+        if device_id not in self._slots and len(self._slots) >= self.limit:
+            if now - self._last_refusal > RATE_WINDOW_S:
+                self._full_since = now
+            self._last_refusal = now
+            self._forget_stale(now)
+            held = self._waiting.get(device_id)
+            if held is None:
+                held = (self._tickets, now)
+                self._tickets += 1
+                if len(self._waiting) >= MAX_WAITING:
+                    self._waiting.popitem(last=False)
+                    self._left += 1
+            self._waiting[device_id] = (held[0], now)
             return False
-        # A renewal (the socket after its token request) keeps the time of admission.
-        self._slots[device_id] = (now + self.hold_s, now if held is None else held[1])
-        self._waiting.pop(device_id, None)
+        self._slots.pop(device_id, None)
+        self._slots[device_id] = now + self.hold_s
+        if self._waiting.pop(device_id, None) is not None:
+            self._left += 1
         return True
 
     def release(self, device_id: str, *, welcomed: bool) -> None:
-        """Free the device's slot; ``welcomed`` adds its connect time to the average."""
-        held = self._slots.pop(device_id, None)
-        if held is not None and welcomed:
-            self.connect_s += SMOOTHING * (self._clock() - held[1] - self.connect_s)
+        """Free the device's slot; ``welcomed`` counts a completed connect."""
+        if self._slots.pop(device_id, None) is not None and welcomed:
+            now = self._clock()
+            self._completed.append(now)
+            while self._completed[0] <= now - RATE_WINDOW_S:
+                self._completed.popleft()
 
-    def retry_after(self) -> int:
-        """Whole seconds the device last turned away should wait (module docstring),
-        between 1 and ``MAX_RETRY_AFTER_S``."""
+    def rate(self) -> float:
+        """Connects completed per second since the gate filled up (over at most
+        RATE_WINDOW_S); before a second of that, ``limit`` per second (a guess)."""
         now = self._clock()
-        while self._waiting and next(iter(self._waiting.values())) <= now - WAITING_MEMORY_S:
+        span = min(RATE_WINDOW_S, now - self._full_since)
+        done = len(self._completed) - bisect.bisect_left(self._completed, now - span)
+        if span < MIN_RATE_SPAN_S or done == 0:
+            return float(self.limit)
+        return done / span
+
+    def retry_after(self, device_id: str) -> int:
+        """Whole seconds a device turned away should wait: its place in line over the
+        completion rate, between 1 and ``MAX_RETRY_AFTER_S``."""
+        held = self._waiting.get(device_id)
+        ticket = 0 if held is None else held[0]
+        wait = math.ceil(max(1, ticket - self._left + 1) / self.rate())
+        if wait > MAX_RETRY_AFTER_S:
+            # Further back than that: spread over the second half of it by ticket, to
+            # be told again then, not all at the limit together.
+            half = MAX_RETRY_AFTER_S // 2
+            return MAX_RETRY_AFTER_S - half + ticket % (half + 1)
+        return max(1, wait)
+
+    def _forget_stale(self, now: float) -> None:
+        # In ticket order, so a stale device behind a fresh one stays until that one
+        # goes: the line may look a little longer than it is, never shorter.
+        while self._waiting and next(iter(self._waiting.values()))[1] <= now - WAITING_MEMORY_S:
             self._waiting.popitem(last=False)
-        place = len(self._waiting)
-        return max(1, min(MAX_RETRY_AFTER_S, math.ceil(place * self.connect_s / self.limit)))
+            self._left += 1
 
     def _expire(self, now: float) -> None:
         # Deadlines grow with insertion order (a renewal re-inserts its slot at the end).
-        while self._slots and next(iter(self._slots.values()))[0] <= now:
+        while self._slots and next(iter(self._slots.values())) <= now:
             self._slots.popitem(last=False)
+
 
 class Admission:
     """One admitted connect's slot, given back once: at its welcome, or when it fails first."""

@@ -162,13 +162,14 @@ class Hub:
         """A connect slot for the device, or 503 with Retry-After (coact.relay.admission)."""
         if self.connects.admit(device_id):
             return Admission(self.connects, device_id)
-        retry_after = self.connects.retry_after()
+        retry_after = self.connects.retry_after(device_id)
         self._turned_away += 1
         now = self.store.clock.monotonic()
         if now - self._turned_away_logged >= TURNED_AWAY_LOG_S:
             log.warning("turned away %d device connects since the last report: %d in progress (the limit), "
-                        "a connect takes %.2f s, the latest told to retry after %d s", self._turned_away,
-                        self.connects.limit, self.connects.connect_s, retry_after)
+                        "%d waiting, %.0f completing a second, the latest told to retry after %d s",
+                        self._turned_away, self.connects.limit, self.connects.waiting, self.connects.rate(),
+                        retry_after)
             self._turned_away, self._turned_away_logged = 0, now
         raise ConnectsBusy(retry_after)
 

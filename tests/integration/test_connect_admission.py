@@ -6,7 +6,7 @@ Against a real relay allowing one connect at a time (``COACT_DEVICE_CONNECT_LIMI
   another device's token request and WebSocket upgrade answer 503 with Retry-After,
   which the agent's own HTTP and WebSocket code read back;
 * a failed token request gives its slot back at once;
-* the agent waits at least what the relay asked, and at most twice it.
+* the agent keeps the appointment the relay gave it, late by up to a second and a quarter.
 """
 
 from __future__ import annotations
@@ -85,13 +85,13 @@ def test_one_connect_at_a_time_the_rest_told_when_to_return(relay: Relay) -> Non
     asyncio.run(_welcomed(relay, b, _token(b)))
 
 
-def test_the_agent_waits_between_retry_after_and_twice_it() -> None:
+def test_the_agent_keeps_its_appointment_late_by_up_to_a_second_and_a_quarter() -> None:
     options = AgentOptions(backoff_base_s=1.0, backoff_max_s=60.0)
     rng = random.Random(7)
     for attempt in range(3):
-        delays = [reconnect_delay(attempt, options, rng, 5.0) for _ in range(500)]
-        assert all(5.0 <= d <= 10.0 for d in delays)
-        assert max(delays) - min(delays) > 3  # spread, not one instant for everyone
+        delays = [reconnect_delay(attempt, options, rng, 8.0) for _ in range(500)]
+        assert all(8.0 <= d <= 11.0 for d in delays)
+        assert max(delays) - min(delays) > 2  # spread, not one instant for everyone
     # A longer back-off wins over a short Retry-After.
     assert max(reconnect_delay(8, options, rng, 1.0) for _ in range(200)) > 2.0
     # No Retry-After: the plain back-off.

@@ -65,41 +65,72 @@ def test_an_admission_gives_its_slot_back_once() -> None:
     assert gate.in_progress == 1
 
 
-def test_retry_after_is_the_place_in_line_times_the_connect_time_over_the_slots() -> None:
+def test_retry_after_is_the_place_in_line_over_the_completion_rate() -> None:
     clock = Ticks()
-    gate = ConnectGate(10, hold_s=15, clock=clock)
+    gate = ConnectGate(10, hold_s=1000, clock=clock)
     for i in range(10):
         gate.admit(f"held-{i}")
-    # No connect measured yet: a connect is guessed at 1 s, so 10 are served a second.
+    # The gate has just filled: no rate measured, so 10 slots a second are guessed.
     assert not gate.admit("first")
-    assert gate.retry_after() == 1
+    assert gate.rate() == 10
+    assert gate.retry_after("first") == 1
     for i in range(99):
         gate.admit(f"waiting-{i}")
-    assert gate.retry_after() == 10  # the 100th in line: 100 * 1 s / 10 slots
-    # Connects now take 3 s from token request to welcome.
-    clock.now += 3
-    for i in range(10):
+    assert gate.retry_after("waiting-98") == 10  # the 100th in line at 10/s
+    assert gate.waiting == 100
+    # Two seconds on, 8 connects have completed: 4 a second.
+    clock.now += 2
+    gate.admit("first")  # asking again (too early) keeps the ticket
+    for i in range(8):
         gate.release(f"held-{i}", welcomed=True)
-    assert gate.connect_s == pytest.approx(1 + (1 - 0.8**10) * 2)
-    for i in range(10):
-        assert gate.admit(f"waiting-{i}")  # ten of the line got in: they leave it
-    assert not gate.admit("late")  # the 91st in line now
-    assert gate.retry_after() == math.ceil(91 * gate.connect_s / 10)
-    # The line is capped: never told to wait more than a minute.
+        assert gate.admit(f"waiting-{i}")  # eight of the line got in: they leave it
+    assert gate.rate() == 4
+    assert gate.retry_after("first") == 1  # still first in line
+    assert gate.retry_after("waiting-98") == math.ceil(92 / 4)  # moved up by 8
+    assert not gate.admit("late")  # the 93rd in line
+    assert gate.retry_after("late") == math.ceil(93 / 4)
+    # A slot given back unused (a failed token request) is no completed connect.
+    gate.release("held-8", welcomed=False)
+    assert gate.rate() == 4
+    # Never told to wait more than MAX_RETRY_AFTER_S, however long the line: those
+    # further back are spread over its second half.
     for i in range(5000):
         gate.admit(f"crowd-{i}")
-    assert gate.retry_after() == MAX_RETRY_AFTER_S
-    # Turned-away devices are forgotten after WAITING_MEMORY_S.
+    far = [gate.retry_after(f"crowd-{i}") for i in range(1000, 5000)]
+    assert min(far) == MAX_RETRY_AFTER_S // 2
+    assert max(far) == MAX_RETRY_AFTER_S
+    assert len(set(far)) == MAX_RETRY_AFTER_S // 2 + 1
+    # A device that stops asking leaves the line after WAITING_MEMORY_S.
     clock.now += WAITING_MEMORY_S + 1
-    assert gate.retry_after() == 1
+    assert not gate.admit("new")
+    assert gate.waiting == 1
+    assert gate.retry_after("new") == 1
 
 
-def test_asking_again_moves_a_device_to_the_end_of_the_line_not_into_it_twice() -> None:
+def test_the_rate_is_measured_from_when_the_gate_last_filled_up() -> None:
+    clock = Ticks()
+    gate = ConnectGate(1, hold_s=100, clock=clock)
+    for i in range(20):  # a quiet spell: 20 connects, 0.5 s apart, never full
+        gate.admit(f"d-{i}")
+        gate.release(f"d-{i}", welcomed=True)
+        clock.now += 0.5
+    gate.admit("held")
+    assert not gate.admit("x")  # full: the rush begins now
+    clock.now += 0.5
+    assert gate.rate() == 1  # too early to measure: one slot a second, guessed
+    clock.now += 1.5
+    gate.release("held", welcomed=True)
+    assert gate.rate() == 0.5  # one connect in the 2 s since it filled, not the quiet spell's
+
+
+def test_asking_again_keeps_a_device_in_line_once() -> None:
     gate = ConnectGate(1, hold_s=15, clock=Ticks())
     gate.admit("held")
     for device in ["a", "b", "a", "a"]:
         assert not gate.admit(device)
-    assert gate.retry_after() == 2  # a and b in line
+    assert gate.waiting == 2
+    assert gate.retry_after("a") == 1  # first in line, at a guessed 1/s
+    assert gate.retry_after("b") == 2
 
 
 def test_a_device_that_gets_in_leaves_the_backlog() -> None:
@@ -108,7 +139,7 @@ def test_a_device_that_gets_in_leaves_the_backlog() -> None:
     assert not gate.admit("b")
     gate.release("a", welcomed=True)
     assert gate.admit("b")
-    assert gate.retry_after() == 1
+    assert gate.waiting == 0
 
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["admit", "release", "wait"])), max_size=80))
@@ -123,7 +154,7 @@ def test_never_more_than_limit_slots(steps: list[tuple[str, str]]) -> None:
         else:
             clock.now += 4
         assert gate.in_progress <= 3
-        assert 1 <= gate.retry_after() <= MAX_RETRY_AFTER_S
+        assert 1 <= gate.retry_after(device) <= MAX_RETRY_AFTER_S
 
 
 def test_bad_limits_are_refused() -> None:
