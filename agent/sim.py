@@ -703,6 +703,9 @@ def _raise_fd_limit(needed: int) -> None:
               help="Audit records put in each outbox before it connects (to measure ingest).")
 @click.option("--stop-when-drained", is_flag=True,
               help="Stop once every agent has connected and every outbox is empty.")
+@click.option("--threads", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Threads per process for the agents' blocking token requests. A real device has its "
+                   "own; raise it (with --connect-rate 0) to have the whole fleet connect at once.")
 @click.option("--enroll-concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Enrollments in flight at once.")
 @click.option("--enroll-only", is_flag=True, help="Enroll the missing devices into --identities-dir and exit.")
@@ -710,7 +713,7 @@ def _raise_fd_limit(needed: int) -> None:
               help="json: one JSON object per progress line on stdout, the summary last.")
 def sim_command(relay_url: str, token: str | None, email: str | None, password: str | None, agents: int,
                 connect_rate: float, duration: float, identities_dir: Path | None, sandbox_dir: Path | None,
-                processes: int, heartbeat: float, audit_backlog: int, stop_when_drained: bool,
+                processes: int, heartbeat: float, audit_backlog: int, stop_when_drained: bool, threads: int,
                 enroll_concurrency: int, enroll_only: bool, output: str) -> None:
     """Simulate a fleet of agents against a relay (load tests; see docs/sim.md)."""
     relay_url = relay_url.rstrip("/")
@@ -736,7 +739,7 @@ def sim_command(relay_url: str, token: str | None, email: str | None, password: 
     root = Path(tempfile.mkdtemp(prefix="coact-sim-")) if sandbox_dir is None else sandbox_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
     options = FleetOptions(connect_rate=connect_rate / processes, duration_s=duration, heartbeat_s=heartbeat,
-                           audit_backlog=audit_backlog, stop_when_drained=stop_when_drained)
+                           audit_backlog=audit_backlog, stop_when_drained=stop_when_drained, threads=threads)
 
     def report(progress: Mapping[str, Any]) -> None:
         if output == "json":

@@ -7,8 +7,16 @@ connect everyone. Floor, same run: a bare aiohttp WebSocket server holding the s
 number of idle connections from the same client library. Memory per connection is
 the growth of anonymous memory (see ``perfkit.anonymous_bytes``; RSS is printed too).
 
+With ``--storm`` the whole fleet connects at once, as after a relay restart: no
+pacing, and a thread per simulated agent for its token request (a real device has
+its own). It reports the time until every agent was connected, the reconnects and
+their causes (503s from the relay's connect admission, or timeouts), and as floor
+the time the relay's CPU needs for that many connects (relay CPU per connect × N,
+one core), so the ratio is how far the storm is from the relay's own capacity.
+
     .venv/bin/python tests/perf/bench_connections.py --agents 1000
     .venv/bin/python tests/perf/bench_connections.py --agents 19500 --processes 2 --connect-rate 400
+    .venv/bin/python tests/perf/bench_connections.py --agents 6000 --processes 2 --storm --hold 5
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ def floor_per_connection(count: int) -> tuple[float, float]:
 
 def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
         heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True,
-        profile: Path | None = None) -> dict[str, Any]:
+        profile: Path | None = None, storm: bool = False) -> dict[str, Any]:
     perfkit.raise_fd_limit()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-conn-"))
     relay = perfkit.start_relay(workdir)
@@ -74,15 +82,18 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         rss_before, anon_before = proc.memory_info().rss, perfkit.anonymous_bytes(proc.pid)
         cpu_before_connect, connect_started = perfkit.cpu_seconds(proc.pid), time.monotonic()
         threads_before_connect = perfkit.thread_cpu(proc.pid)
+        pacing = (["--connect-rate", "0", "--threads", str(-(-agents // processes))] if storm
+                  else ["--connect-rate", str(connect_rate)])
         sim = perfkit.SimProcess(
             relay, api, email, agents, "--identities-dir", str(identities), "--processes", str(processes),
-            "--connect-rate", str(connect_rate), "--heartbeat", str(heartbeat_s),
-            log=workdir / "sim.log",
+            *pacing, "--heartbeat", str(heartbeat_s), log=workdir / "sim.log",
         )
-        # py-spy on the relay for the connect storm as requested (the fleet at the rate)
-        spy = None if profile is None else perfkit.start_profile(proc.pid, max(5.0, agents / connect_rate), profile)
+        # Expected connect time: the fleet at the requested rate, or at ~100 connects/s in a storm.
+        expected_s = agents / (100.0 if storm else connect_rate)
+        # py-spy on the relay for the connect storm
+        spy = None if profile is None else perfkit.start_profile(proc.pid, max(5.0, expected_s), profile)
         try:
-            budget = agents / connect_rate * 3 + 120
+            budget = expected_s * 3 + 120
             reached = sim.wait(lambda p: p.get("ever_connected", 0) >= agents, budget, f"{agents} connected")
             result["all_connected_s"] = reached["all_connected_s"]
             result["connect_p50_s"] = reached["connect_p50_s"]
@@ -128,8 +139,27 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
     result["ratio"] = round(result["relay_kb_per_conn"] / result["floor_kb_per_conn"], 2)
     if profile is not None:
         result["profile"] = perfkit.top_frames(profile)
+    if storm:
+        # The relay's CPU alone, one core, for this many connects: the storm's floor.
+        result["floor_connect_s"] = round(result["relay_cpu_ms_per_connect"] * agents / 1000, 1)
+        result["storm_ratio"] = round(result["all_connected_s"] / result["floor_connect_s"], 2)
     print({k: v for k, v in result.items() if k != "sim_summary"})
-    if do_record:
+    if do_record and storm:
+        perfkit.record(
+            f"reconnect storm ({agents:,} agents)",
+            f"{agents:,} agents connecting at once: all connected in {result['all_connected_s']} s "
+            f"(p50 {result['connect_p50_s']:.1f} s, p99 {result['connect_p99_s']:.1f} s), "
+            f"relay {result['relay_cpu_ms_per_connect']} ms CPU per connect, "
+            f"{result['relay_cpu_pct_connecting']}% of a core while connecting, "
+            f"{result['reconnects']} reconnects"
+            + "".join(f"; {n}× {cause}" for cause, n in result.get("reconnect_causes", {}).items()),
+            f"relay CPU per connect × N on one core: {result['floor_connect_s']} s",
+            f"{result['storm_ratio']}x",
+            "(every agent back soon after a relay restart; none set)",
+            f"python tests/perf/bench_connections.py --agents {agents} --processes {processes} --storm "
+            f"--hold {hold_s:g}",
+        )
+    elif do_record:
         perfkit.record(
             f"connections held ({agents:,} agents)",
             f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay anonymous memory "
@@ -159,11 +189,13 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=30.0)
     parser.add_argument("--heartbeat", type=float, default=20.0)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--storm", action="store_true",
+                        help="connect the whole fleet at once (a relay restart), a thread per agent")
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the relay while the fleet connects; raw stacks to this file")
     args = parser.parse_args()
     run(args.agents, processes=args.processes, connect_rate=args.connect_rate, hold_s=args.hold,
-        heartbeat_s=args.heartbeat, workdir=args.workdir, profile=args.profile)
+        heartbeat_s=args.heartbeat, workdir=args.workdir, profile=args.profile, storm=args.storm)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,18 @@ def test_connections_bench_smoke(tmp_path: Path) -> None:
     assert result["floor_kb_per_conn"] > 0
 
 
+def test_connections_storm_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole fleet at once against a relay serving two connects at a time: every
+    agent gets in, and the only reconnects are the relay's 503s, waited out."""
+    monkeypatch.setenv("COACT_DEVICE_CONNECT_LIMIT", "2")  # inherited by the relay process
+    result = bench_connections.run(8, storm=True, hold_s=1, workdir=tmp_path, do_record=False)
+    assert result["held"] == 8
+    causes = result["reconnect_causes"]
+    assert sum(causes.values()) == result["reconnects"] == result["connect_failures"]
+    assert all("503" in cause for cause in causes), causes
+    assert result["floor_connect_s"] > 0
+
+
 def test_footprint_bench_smoke(tmp_path: Path) -> None:
     result = bench_footprint.run(1, warmup=1, gui=False, workdir=tmp_path, do_record=False)
     assert result["plain"]["rss_mb"] > result["floor"]["rss_mb"] > 0
