@@ -5,22 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from fakes import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
 from coact.relay.admission import MAX_RETRY_AFTER_S, WAITING_MEMORY_S, Admission, ConnectGate
 
 
-class Ticks:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_full_gate_refuses_new_devices_until_a_slot_is_given_back() -> None:
-    gate = ConnectGate(2, hold_s=15, clock=Ticks())
+    gate = ConnectGate(2, hold_s=15, clock=FakeClock().monotonic)
     assert gate.admit("a")
     assert gate.admit("b")
     assert not gate.admit("c")
@@ -32,31 +25,31 @@ def test_a_full_gate_refuses_new_devices_until_a_slot_is_given_back() -> None:
 
 
 def test_a_slot_never_used_is_taken_back_after_hold_s() -> None:
-    clock = Ticks()
-    gate = ConnectGate(1, hold_s=15, clock=clock)
+    clock = FakeClock()
+    gate = ConnectGate(1, hold_s=15, clock=clock.monotonic)
     assert gate.admit("a")
-    clock.now += 14.9
+    clock.advance(14.9)
     assert not gate.admit("b")
-    clock.now += 0.2
+    clock.advance(0.2)
     assert gate.admit("b")
     assert gate.in_progress == 1
 
 
 def test_renewing_a_slot_moves_its_deadline() -> None:
-    clock = Ticks()
-    gate = ConnectGate(2, hold_s=15, clock=clock)
+    clock = FakeClock()
+    gate = ConnectGate(2, hold_s=15, clock=clock.monotonic)
     gate.admit("a")
-    clock.now += 10
+    clock.advance(10)
     gate.admit("b")
-    gate.admit("a")  # the socket arrives: held until 1025 now
-    clock.now += 10  # 1020: b's slot (until 1025) and a's both still held
+    gate.admit("a")  # the socket arrives: held until 25 s now
+    clock.advance(10)  # 20 s on: b's slot (until 25 s) and a's both still held
     assert gate.in_progress == 2
-    clock.now += 5.1
+    clock.advance(5.1)
     assert gate.in_progress == 0
 
 
 def test_an_admission_gives_its_slot_back_once() -> None:
-    gate = ConnectGate(1, hold_s=15, clock=Ticks())
+    gate = ConnectGate(1, hold_s=15, clock=FakeClock().monotonic)
     assert gate.admit("a")
     first = Admission(gate, "a")
     first.welcomed()
@@ -66,8 +59,8 @@ def test_an_admission_gives_its_slot_back_once() -> None:
 
 
 def test_retry_after_is_the_place_in_line_over_the_completion_rate() -> None:
-    clock = Ticks()
-    gate = ConnectGate(10, hold_s=1000, clock=clock)
+    clock = FakeClock()
+    gate = ConnectGate(10, hold_s=1000, clock=clock.monotonic)
     for i in range(10):
         gate.admit(f"held-{i}")
     # The gate has just filled: no rate measured, so 10 slots a second are guessed.
@@ -79,7 +72,7 @@ def test_retry_after_is_the_place_in_line_over_the_completion_rate() -> None:
     assert gate.retry_after("waiting-98") == 10  # the 100th in line at 10/s
     assert gate.waiting == 100
     # Two seconds on, 8 connects have completed: 4 a second.
-    clock.now += 2
+    clock.advance(2)
     gate.admit("first")  # asking again (too early) keeps the ticket
     for i in range(8):
         gate.release(f"held-{i}", welcomed=True)
@@ -101,30 +94,30 @@ def test_retry_after_is_the_place_in_line_over_the_completion_rate() -> None:
     assert max(far) == MAX_RETRY_AFTER_S
     assert len(set(far)) == MAX_RETRY_AFTER_S // 2 + 1
     # A device that stops asking leaves the line after WAITING_MEMORY_S.
-    clock.now += WAITING_MEMORY_S + 1
+    clock.advance(WAITING_MEMORY_S + 1)
     assert not gate.admit("new")
     assert gate.waiting == 1
     assert gate.retry_after("new") == 1
 
 
 def test_the_rate_is_measured_from_when_the_gate_last_filled_up() -> None:
-    clock = Ticks()
-    gate = ConnectGate(1, hold_s=100, clock=clock)
+    clock = FakeClock()
+    gate = ConnectGate(1, hold_s=100, clock=clock.monotonic)
     for i in range(20):  # a quiet spell: 20 connects, 0.5 s apart, never full
         gate.admit(f"d-{i}")
         gate.release(f"d-{i}", welcomed=True)
-        clock.now += 0.5
+        clock.advance(0.5)
     gate.admit("held")
     assert not gate.admit("x")  # full: the rush begins now
-    clock.now += 0.5
+    clock.advance(0.5)
     assert gate.rate() == 1  # too early to measure: one slot a second, guessed
-    clock.now += 1.5
+    clock.advance(1.5)
     gate.release("held", welcomed=True)
     assert gate.rate() == 0.5  # one connect in the 2 s since it filled, not the quiet spell's
 
 
 def test_asking_again_keeps_a_device_in_line_once() -> None:
-    gate = ConnectGate(1, hold_s=15, clock=Ticks())
+    gate = ConnectGate(1, hold_s=15, clock=FakeClock().monotonic)
     gate.admit("held")
     for device in ["a", "b", "a", "a"]:
         assert not gate.admit(device)
@@ -134,7 +127,7 @@ def test_asking_again_keeps_a_device_in_line_once() -> None:
 
 
 def test_a_device_that_gets_in_leaves_the_backlog() -> None:
-    gate = ConnectGate(1, hold_s=15, clock=Ticks())
+    gate = ConnectGate(1, hold_s=15, clock=FakeClock().monotonic)
     gate.admit("a")
     assert not gate.admit("b")
     gate.release("a", welcomed=True)
@@ -144,21 +137,21 @@ def test_a_device_that_gets_in_leaves_the_backlog() -> None:
 
 @given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["admit", "release", "wait"])), max_size=80))
 def test_never_more_than_limit_slots(steps: list[tuple[str, str]]) -> None:
-    clock = Ticks()
-    gate = ConnectGate(3, hold_s=15, clock=clock)
+    clock = FakeClock()
+    gate = ConnectGate(3, hold_s=15, clock=clock.monotonic)
     for device, step in steps:
         if step == "admit":
             gate.admit(device)
         elif step == "release":
             gate.release(device, welcomed=True)
         else:
-            clock.now += 4
+            clock.advance(4)
         assert gate.in_progress <= 3
         assert 1 <= gate.retry_after(device) <= MAX_RETRY_AFTER_S
 
 
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="must be positive"):
-        ConnectGate(0, hold_s=15, clock=Ticks())
+        ConnectGate(0, hold_s=15, clock=FakeClock().monotonic)
     with pytest.raises(ValueError, match="must be positive"):
-        ConnectGate(1, hold_s=0, clock=Ticks())
+        ConnectGate(1, hold_s=0, clock=FakeClock().monotonic)
