@@ -3,9 +3,10 @@
 A device connects in two requests: a signed token request, then the agent WebSocket,
 whose handshake ends with the relay's welcome. Together they cost the relay ~7 ms of
 CPU. When a relay restarts, its whole fleet asks at once, and served all at once,
-every connect progresses a little at a time and none finishes before its agent gives
-up (measured: 12,000 simultaneous token requests, 140 answered within the agent's
-15 s timeout, the relay's work for the other 11,860 wasted; docs/performance.md).
+every connect progresses a little at a time and many do not finish before their
+agent gives up (15 s), so the relay's work for them is wasted and they come back for
+more. Measured (docs/performance.md, item 6): 12,000 agents at once took 261 s with
+32,954 failed attempts and 338 sessions lost; through this gate, 200-205 s with none.
 
 :class:`ConnectGate` is the pure core (no I/O, injected clock). A device holds a
 *slot* from its token request until its session is welcomed, or for ``hold_s`` if it
@@ -21,8 +22,9 @@ Appointments are at most ``MAX_RETRY_AFTER_S`` away, and those further back are
 spread over the second half of that: an estimate made early in a rush is low (the
 relay is busy turning thousands away, ~0.6 ms each, against ~7 ms for a connect), and
 a device back too early is told again, from its place, which has moved up meanwhile,
-instead of the relay idling while devices keep appointments made too far out. In the first second of a rush no connect has completed yet; the guess then
-is that every slot turns over once a second.
+instead of the relay idling while devices keep appointments made too far out. In the
+first second of a rush no connect has completed yet; the guess then is that every
+slot turns over once a second.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ class ConnectGate:
     def in_progress(self) -> int:
         self._expire(self._clock())
         return len(self._slots)
+
+    def holds(self, device_id: str) -> bool:
+        """Whether the device holds a slot now."""
+        self._expire(self._clock())
+        return device_id in self._slots
 
     @property
     def waiting(self) -> int:
@@ -141,18 +148,24 @@ class ConnectGate:
 
 
 class Admission:
-    """One admitted connect's slot, given back once: at its welcome, or when it fails first."""
+    """One admitted connect's slot, given back once: at its welcome, or when it fails
+    first. A request that found its device already holding a slot (``renewal``: the
+    socket after its token request, or an earlier answer lost) does not give it back on
+    failure: the slot is the earlier request's, and a request anyone can forge with the
+    device's id must not take it away."""
 
-    def __init__(self, gate: ConnectGate, device_id: str) -> None:
+    def __init__(self, gate: ConnectGate, device_id: str, *, renewal: bool) -> None:
         self._gate = gate
         self._device_id = device_id
+        self._renewal = renewal
         self._open = True
 
     def welcomed(self) -> None:
         self._close(welcomed=True)
 
     def abandon(self) -> None:
-        self._close(welcomed=False)
+        if not self._renewal:
+            self._close(welcomed=False)
 
     def _close(self, *, welcomed: bool) -> None:
         if self._open:

@@ -160,8 +160,9 @@ class Hub:
 
     def admit(self, device_id: str) -> Admission:
         """A connect slot for the device, or 503 with Retry-After (coact.relay.admission)."""
+        renewal = self.connects.holds(device_id)
         if self.connects.admit(device_id):
-            return Admission(self.connects, device_id)
+            return Admission(self.connects, device_id, renewal=renewal)
         retry_after = self.connects.retry_after(device_id)
         self._turned_away += 1
         now = self.store.clock.monotonic()

@@ -5,7 +5,8 @@ Against a real relay allowing one connect at a time (``COACT_DEVICE_CONNECT_LIMI
 * a device's slot runs from its token request to its session's welcome; meanwhile
   another device's token request and WebSocket upgrade answer 503 with Retry-After,
   which the agent's own HTTP and WebSocket code read back;
-* a failed token request gives its slot back at once;
+* a failed token request gives its slot back at once, but never one its device
+  already held (anyone can send a request naming a device);
 * the agent keeps the appointment the relay gave it, late by up to a second and a quarter.
 """
 
@@ -55,6 +56,9 @@ def test_one_connect_at_a_time_the_rest_told_when_to_return(relay: Relay) -> Non
     a, b, c = (RawDevice(relay.url, admin, name=name) for name in "abc")
 
     token_a = _token(a)  # a holds the slot until its session is welcomed
+    # Anyone can send a request naming a's id; when its signature fails, a keeps its slot.
+    forged_a = {**c.token_request(), "device_id": a.device_id}
+    assert relay.api().post("/api/v1/devices/token", forged_a).status == 401
     busy = relay.api().post("/api/v1/devices/token", b.token_request())
     assert busy.status == 503, busy.body
     assert busy.headers["Content-Type"].startswith("application/problem+json")

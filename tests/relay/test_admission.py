@@ -51,11 +51,22 @@ def test_renewing_a_slot_moves_its_deadline() -> None:
 def test_an_admission_gives_its_slot_back_once() -> None:
     gate = ConnectGate(1, hold_s=15, clock=FakeClock().monotonic)
     assert gate.admit("a")
-    first = Admission(gate, "a")
+    first = Admission(gate, "a", renewal=False)
     first.welcomed()
     assert gate.admit("a")  # the device's next connect
     first.abandon()  # the old session ending does not free the new connect's slot
     assert gate.in_progress == 1
+
+
+def test_a_failed_renewal_leaves_the_slot_to_the_request_that_took_it() -> None:
+    gate = ConnectGate(1, hold_s=15, clock=FakeClock().monotonic)
+    assert gate.admit("a")
+    assert gate.holds("a")
+    assert gate.admit("a")  # a forged request with a's id, say
+    Admission(gate, "a", renewal=True).abandon()
+    assert gate.holds("a")
+    Admission(gate, "a", renewal=True).welcomed()  # a's socket, renewing it too, is welcomed
+    assert not gate.holds("a")
 
 
 def test_retry_after_is_the_place_in_line_over_the_completion_rate() -> None:
