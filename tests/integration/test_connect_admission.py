@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from harness import Relay
+from pg import relay_on
 from principals import RawDevice
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -31,10 +32,8 @@ from coact.shared.protocol import auth_message
 
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
-    server = Relay(tmp_path_factory.mktemp("relay") / "data", env={"COACT_DEVICE_CONNECT_LIMIT": "1"})
-    server.start()
-    yield server
-    server.stop()
+    with relay_on("sqlite", tmp_path_factory.mktemp("relay") / "data", {"COACT_DEVICE_CONNECT_LIMIT": "1"}) as server:
+        yield server
 
 
 async def _welcomed(relay: Relay, device: RawDevice, token: str) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from harness import Api, Relay, wait_for
+from pg import relay_on
 from principals import RawDevice
 
 from coact.shared import keys
@@ -94,10 +95,8 @@ def test_revocation_is_audited(relay: Relay) -> None:
 @pytest.fixture(scope="module")
 def short_lived_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     """A relay whose default code lifetime is one second (the API's minimum is 60)."""
-    server = Relay(tmp_path_factory.mktemp("short") / "data", env={"COACT_ENROLLMENT_CODE_TTL_S": "1"})
-    server.start()
-    yield server
-    server.stop()
+    with relay_on("sqlite", tmp_path_factory.mktemp("short") / "data", {"COACT_ENROLLMENT_CODE_TTL_S": "1"}) as server:
+        yield server
 
 
 def test_an_expired_code_enrolls_nothing(short_lived_relay: Relay) -> None:
