@@ -5,7 +5,10 @@ Three modes, each against a fresh relay and a fleet of ``coact sim`` agents that
 
 * ``latency``: a steady rate (default 200 tasks/s for 20 s, 1,000 agents);
   p50/p95/p99 of (task ``updated_at`` when the result was stored) − ``created_at``,
-  both stamped by the relay. Floor: a bare aiohttp WebSocket echo round trip.
+  both stamped by the relay, and as a client sees it: from sending the POST to
+  receiving the task's final state on the org's event stream (``GET /api/v1/ws``,
+  published once the result is committed). Floor: a bare aiohttp WebSocket echo
+  round trip.
 * ``throughput``: ``--tasks`` created as fast as ``--concurrency`` clients can;
   tasks/s from the first ``created_at`` to the last result stored. Floor: parallel
   round trips/s of the bare echo server. ``--db postgres`` uses a fresh database on
@@ -127,19 +130,55 @@ def _check(tasks: list[dict[str, Any]], ids: set[str], sim: dict[str, Any]) -> d
             "sim_executed_twice": sim.get("executed_twice")}
 
 
-async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | None, concurrency: int) -> tuple[set[str], list[float]]:
-    """POST every body (at ``rate``/s, or as fast as ``concurrency`` allows); return ids, POST times."""
+class Watcher:
+    """The org's event stream, as a dashboard follows it: when each task's final state
+    arrived (``time.perf_counter``), and how many lag markers the relay sent (a lagging
+    subscriber loses events, so a task may then have no arrival)."""
+
+    def __init__(self) -> None:
+        self.final_at: dict[str, float] = {}
+        self.lagged = 0
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        self._ws = await session.ws_connect("/api/v1/ws")
+
+    async def follow(self) -> None:
+        assert self._ws is not None
+        async for message in self._ws:
+            event = message.json()
+            if event["type"] == "lagged":
+                self.lagged += 1
+            elif event["type"] == "task" and event["status"] in FINAL:
+                self.final_at.setdefault(event["task_id"], time.perf_counter())
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+
+async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | None, concurrency: int,
+                watcher: Watcher | None = None) -> tuple[set[str], list[float], dict[str, float]]:
+    """POST every body (at ``rate``/s, or as fast as ``concurrency`` allows); return ids,
+    POST times, and when each POST was sent (``time.perf_counter``, by task id)."""
     ids: set[str] = set()
     post_times: list[float] = []
+    sent_at: dict[str, float] = {}
     session = await _session(fleet)
+    following = None
+    if watcher is not None:
+        await watcher.start(session)
+        following = asyncio.create_task(watcher.follow())
     try:
         sem = asyncio.Semaphore(concurrency)
 
         async def one(body: dict[str, Any]) -> None:
             async with sem:
                 start = time.perf_counter()
-                ids.add(await _post(session, body))
+                task_id = await _post(session, body)
                 post_times.append(time.perf_counter() - start)
+                ids.add(task_id)
+                sent_at[task_id] = start
 
         jobs = []
         begin = time.monotonic()
@@ -152,8 +191,12 @@ async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | Non
         await asyncio.gather(*jobs)
         await _wait_done(session, 300)
     finally:
+        if watcher is not None:
+            await watcher.close()
+        if following is not None:
+            await following
         await session.close()
-    return ids, post_times
+    return ids, post_times, sent_at
 
 
 async def _results(fleet: Fleet, ids: set[str]) -> list[dict[str, Any]]:
@@ -167,16 +210,26 @@ async def _results(fleet: Fleet, ids: set[str]) -> list[dict[str, Any]]:
 def phases(tasks: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Where the time went, from the task's own stamps (relay and agent share this
     machine's clock): relay until the agent's ``task_received`` is recorded, the agent
-    from then until its action finished, and the relay storing the result."""
-    parts: dict[str, list[float]] = {"to_agent_and_back": [], "agent": [], "storing_result": []}
+    from then until its action finished, and the relay storing the result; for each,
+    its distribution over all tasks and its mean over the slowest 1 % (the tail)."""
+    names = ("to_agent_and_back", "agent", "storing_result")
     ts = perfkit.parse_ts
+    rows: list[tuple[float, ...]] = []
     for t in tasks:
         if not (t.get("started_at") and (t.get("result") or {}).get("finished_at")):
             continue
-        parts["to_agent_and_back"].append(ts(t["started_at"]) - ts(t["created_at"]))
-        parts["agent"].append(ts(t["result"]["finished_at"]) - ts(t["started_at"]))
-        parts["storing_result"].append(ts(t["updated_at"]) - ts(t["result"]["finished_at"]))
-    return {name: perfkit.summary_ms(values) for name, values in parts.items() if values}
+        created, received = ts(t["created_at"]), ts(t["started_at"])
+        finished, stored = ts(t["result"]["finished_at"]), ts(t["updated_at"])
+        rows.append((stored - created, received - created, finished - received, stored - finished))
+    if not rows:
+        return {}
+    rows.sort()
+    tail = rows[-max(1, len(rows) // 100):]
+    return {
+        name: {**perfkit.summary_ms([r[i + 1] for r in rows]),
+               "slowest_1pct_mean_ms": round(1000 * sum(r[i + 1] for r in tail) / len(tail), 3)}
+        for i, name in enumerate(names)
+    }
 
 
 def floor() -> dict[str, float]:
@@ -205,9 +258,14 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
             spy = perfkit.start_profile(fleet.relay.proc.pid, max(5, seconds if mode == "latency" else 30), profile)
         wall = time.monotonic()
         cpu_before = perfkit.cpu_seconds(fleet.relay.proc.pid), perfkit.cpu_seconds(fleet.sim.proc.pid)
-        ids, post_times = asyncio.run(_load(fleet, bodies, rate=rate if mode == "latency" else None,
-                                            concurrency=concurrency if mode != "latency" else 1024))
+        threads_before = perfkit.thread_cpu(fleet.relay.proc.pid)
+        watcher = Watcher() if mode == "latency" else None
+        ids, post_times, sent_at = asyncio.run(_load(fleet, bodies, rate=rate if mode == "latency" else None,
+                                                     concurrency=concurrency if mode != "latency" else 1024,
+                                                     watcher=watcher))
         cpu_after = perfkit.cpu_seconds(fleet.relay.proc.pid), perfkit.cpu_seconds(fleet.sim.proc.pid)
+        by_thread = perfkit.thread_cpu(fleet.relay.proc.pid)
+        by_thread.subtract(threads_before)
         wall = time.monotonic() - wall
         rows = asyncio.run(_results(fleet, ids))
     finally:
@@ -220,6 +278,9 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     result["latency"] = perfkit.summary_ms(latencies)
     result["phases"] = phases(done)
     result["post"] = perfkit.summary_ms(post_times)
+    if watcher is not None:
+        seen = [watcher.final_at[i] - sent_at[i] for i in ids if i in watcher.final_at]
+        result["client"] = {**perfkit.summary_ms(seen), "seen": len(seen), "lagged": watcher.lagged}
     first = min(perfkit.parse_ts(r["created_at"]) for r in done)
     last = max(perfkit.parse_ts(r["updated_at"]) for r in done)
     result["span_s"] = round(last - first, 3)
@@ -229,6 +290,8 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     # steadier than tasks/s on this shared machine, and what one relay core would sustain.
     result["relay_cpu_us_per_task"] = round(1e6 * (cpu_after[0] - cpu_before[0]) / max(len(done), 1))
     result["sim_cpu_us_per_task"] = round(1e6 * (cpu_after[1] - cpu_before[1]) / max(len(done), 1))
+    result["relay_cpu_us_per_task_by_thread"] = {
+        name: round(1e6 * seconds / max(len(done), 1)) for name, seconds in by_thread.most_common(6)}
     result["floor"] = floor()
     if profile is not None:
         result["profile"] = perfkit.top_frames(profile)
@@ -238,10 +301,13 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     if not do_record:
         return result
     if mode == "latency":
+        client = result["client"]
         perfkit.record(
             f"dispatch latency ({db})",
-            f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms at {rate:g} tasks/s for {seconds:g} s, "
-            f"{agents:,} agents; relay CPU {result['relay_cpu_us_per_task']:,} µs/task ({ok})",
+            f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms (relay's stamps, created → result); "
+            f"as a client sees it, POST sent → final state on the event stream: p50 {client['p50_ms']} ms, "
+            f"p95 {client['p95_ms']} ms, p99 {client['p99_ms']} ms ({client['seen']:,} seen, {client['lagged']} lag markers); "
+            f"at {rate:g} tasks/s for {seconds:g} s, {agents:,} agents; relay CPU {result['relay_cpu_us_per_task']:,} µs/task ({ok})",
             f"WS echo p50 {fl['p50_ms']} ms, p99 {fl['p99_ms']} ms",
             f"p50 {lat['p50_ms'] / fl['p50_ms']:.0f}x",
             "p50 ≤ 2 ms, p99 ≤ 10 ms at 200 tasks/s",

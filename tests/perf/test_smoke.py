@@ -126,6 +126,17 @@ def test_dispatch_bench_smoke(tmp_path: Path) -> None:
     assert result["sim_executed_twice"] == 0
 
 
+def test_dispatch_latency_bench_smoke(tmp_path: Path) -> None:
+    result = bench_dispatch.run("latency", agents=3, rate=20, seconds=1, workdir=tmp_path, do_record=False)
+    assert result["all_succeeded"]
+    assert result["found"] == 20
+    assert result["sim_executed_twice"] == 0
+    # A client following the event stream saw every task's final state, once each.
+    assert result["client"]["seen"] == 20
+    assert result["client"]["lagged"] == 0
+    assert set(result["phases"]) == {"to_agent_and_back", "agent", "storing_result"}
+
+
 def test_audit_benches_smoke(tmp_path: Path) -> None:
     result = bench_audit.ingest(3, 50, workdir=tmp_path / "ingest", do_record=False)
     assert result["devices_with_all_records"] == 3
