@@ -1,6 +1,6 @@
 """Task dispatch end to end: POST /api/v1/tasks -> agent runs it -> result stored.
 
-Three modes, each against a fresh relay and a fleet of ``coact sim`` agents that run
+Three modes against a fresh relay and a fleet of ``coact sim`` agents that run
 ``file.stat`` on their sandbox with the real executor and local policy:
 
 * ``latency``: a steady rate (default 200 tasks/s for 20 s, 1,000 agents);
@@ -16,12 +16,18 @@ Three modes, each against a fresh relay and a fleet of ``coact sim`` agents that
 * ``fanout``: one task to each of 1,000 devices, created back to back; time until the
   last result is in.
 
+and a fourth, ``agent``, through one real ``coact agent run`` instead: ``--tasks``
+one at a time, each timed as a client sees it, with the agent's journal and outbox
+in a database file whose commits wait for the disk (the simulator keeps them in
+memory).
+
 Every run checks correctness: every task succeeded, and the simulator executed each
 exactly once.
 
     .venv/bin/python tests/perf/bench_dispatch.py latency --agents 1000 --rate 200 --seconds 20
     .venv/bin/python tests/perf/bench_dispatch.py throughput --agents 200 --tasks 5000 [--db postgres]
     .venv/bin/python tests/perf/bench_dispatch.py fanout --agents 1000
+    .venv/bin/python tests/perf/bench_dispatch.py agent --tasks 500
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp  # noqa: E402
 from perf import perfkit  # noqa: E402
+from perf.perfkit import harness  # noqa: E402
 
 from coact.agent.sim import load_identities  # noqa: E402
 
@@ -80,9 +87,9 @@ class Fleet:
                 "params": {"path": str((self.sandbox / device_id).resolve())}}
 
 
-async def _session(fleet: Fleet) -> aiohttp.ClientSession:
+async def _session(relay: harness.Relay, api: harness.Api) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        fleet.relay.url, headers={"Authorization": f"Bearer {fleet.api.token}"},
+        relay.url, headers={"Authorization": f"Bearer {api.token}"},
         connector=aiohttp.TCPConnector(limit=256),
     )
 
@@ -139,6 +146,14 @@ class Watcher:
         self.final_at: dict[str, float] = {}
         self.lagged = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def final(self, task_id: str, timeout_s: float) -> float:
+        """When the task's final state arrived (which may be before its POST answered)."""
+        if task_id not in self.final_at:
+            waiter = self._waiting[task_id] = asyncio.get_running_loop().create_future()
+            await asyncio.wait_for(waiter, timeout_s)
+        return self.final_at[task_id]
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         self._ws = await session.ws_connect("/api/v1/ws")
@@ -151,6 +166,9 @@ class Watcher:
                 self.lagged += 1
             elif event["type"] == "task" and event["status"] in FINAL:
                 self.final_at.setdefault(event["task_id"], time.perf_counter())
+                waiter = self._waiting.pop(event["task_id"], None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -164,7 +182,7 @@ async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | Non
     ids: set[str] = set()
     post_times: list[float] = []
     sent_at: dict[str, float] = {}
-    session = await _session(fleet)
+    session = await _session(fleet.relay, fleet.api)
     following = None
     if watcher is not None:
         await watcher.start(session)
@@ -200,7 +218,7 @@ async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | Non
 
 
 async def _results(fleet: Fleet, ids: set[str]) -> list[dict[str, Any]]:
-    session = await _session(fleet)
+    session = await _session(fleet.relay, fleet.api)
     try:
         return await _fetch(session, ids)
     finally:
@@ -338,9 +356,92 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     return result
 
 
+async def _one_at_a_time(relay: harness.Relay, api: harness.Api, body: dict[str, Any],
+                         count: int) -> tuple[list[str], list[float]]:
+    """POST ``body`` ``count`` times, each once the previous one's final state arrived;
+    return the ids and each task's time from sending its POST to that arrival."""
+    session = await _session(relay, api)
+    watcher = Watcher()
+    await watcher.start(session)
+    following = asyncio.create_task(watcher.follow())
+    ids: list[str] = []
+    seen: list[float] = []
+    try:
+        for _ in range(count):
+            start = time.perf_counter()
+            task_id = await _post(session, body)
+            seen.append(await watcher.final(task_id, 30) - start)
+            ids.append(task_id)
+    finally:
+        await watcher.close()
+        await following
+        await session.close()
+    return ids, seen
+
+
+def one_agent(tasks: int, *, workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
+    """Tasks one at a time through one real ``coact agent run``: its journal and outbox
+    are a database file whose commits wait for the disk, as on a device, where the
+    simulator's are in memory. What the agent's own writes add to a task."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-agent-"))
+    relay = perfkit.start_relay(workdir)
+    agent = None
+    try:
+        api, _email = perfkit.login(relay)
+        sandbox = workdir / "sandbox"
+        sandbox.mkdir()
+        agent, device_id = harness.Agent.enroll(relay, api, workdir / "agent", sandbox)
+        agent.start()
+        harness.wait_online(api, device_id)
+        assert agent.proc is not None
+        body = {"device_id": device_id, "action": "file.stat", "params": {"path": str(sandbox.resolve())}}
+        asyncio.run(_one_at_a_time(relay, api, body, min(tasks, 20)))  # warm-up: first-use imports
+        cpu_before = perfkit.cpu_seconds(agent.proc.pid)
+        ids, seen = asyncio.run(_one_at_a_time(relay, api, body, tasks))
+        agent_cpu_s = perfkit.cpu_seconds(agent.proc.pid) - cpu_before
+
+        async def fetch() -> list[dict[str, Any]]:
+            session = await _session(relay, api)
+            try:
+                return await _fetch(session, set(ids))
+            finally:
+                await session.close()
+
+        rows = asyncio.run(fetch())
+    finally:
+        if agent is not None:
+            agent.stop()
+        relay.stop()
+    statuses: dict[str, int] = {}
+    for row in rows:
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+    result: dict[str, Any] = {
+        "mode": "agent", "tasks": tasks, "found": len(rows), "statuses": statuses,
+        "all_succeeded": statuses.get("succeeded", 0) == tasks,
+        "client": perfkit.summary_ms(seen),
+        "phases": phases(rows),
+        "agent_cpu_us_per_task": round(1e6 * agent_cpu_s / max(tasks, 1)),
+    }
+    print(result)
+    if do_record:
+        client, agent_phase = result["client"], result["phases"]["agent"]
+        ok = "all succeeded" if result["all_succeeded"] else f"CHECK FAILED {statuses}"
+        perfkit.record(
+            "dispatch latency, one real agent",
+            f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms from POST sent to the final state on the event "
+            f"stream, {tasks:,} tasks one at a time; in the agent (received → finished) p50 {agent_phase['p50_ms']} ms, "
+            f"p99 {agent_phase['p99_ms']} ms; agent CPU {result['agent_cpu_us_per_task']:,} µs/task ({ok})",
+            "see dispatch latency",
+            "—",
+            "(what a device's own disk adds to the dispatch latency target)",
+            f"python tests/perf/bench_dispatch.py agent --tasks {tasks}",
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["latency", "throughput", "fanout"])
+    parser.add_argument("mode", choices=["latency", "throughput", "fanout", "agent"])
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=20)
@@ -351,6 +452,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the relay, collapsed stacks here")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
+    if args.mode == "agent":
+        one_agent(args.tasks, workdir=args.workdir)
+        return
     run(args.mode, agents=args.agents, rate=args.rate, seconds=args.seconds, tasks=args.tasks,
         concurrency=args.concurrency, db=args.db, processes=args.processes, profile=args.profile,
         workdir=args.workdir)

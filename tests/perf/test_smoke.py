@@ -144,6 +144,13 @@ def test_dispatch_fanout_bench_smoke(tmp_path: Path) -> None:
     assert result["sim_executed_twice"] == 0
 
 
+def test_dispatch_one_agent_bench_smoke(tmp_path: Path) -> None:
+    result = bench_dispatch.one_agent(5, workdir=tmp_path, do_record=False)
+    assert result["all_succeeded"]
+    assert result["found"] == 5
+    assert set(result["phases"]) == {"to_agent_and_back", "agent", "storing_result"}
+
+
 def test_audit_benches_smoke(tmp_path: Path) -> None:
     result = bench_audit.ingest(3, 50, workdir=tmp_path / "ingest", do_record=False)
     assert result["devices_with_all_records"] == 3
