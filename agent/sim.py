@@ -63,6 +63,7 @@ from coact.agent.frames import TaskSpec
 from coact.agent.runtime import Agent, AgentOptions
 from coact.agent.store import AgentStore
 from coact.agent.tasks import TaskRunner
+from coact.policy.decision import Decision
 from coact.policy.document import Policy, parse_policy, render_sandbox_policy
 from coact.shared import keys
 from coact.shared.canonical import use_orjson
@@ -278,9 +279,9 @@ class _CountingRunner(TaskRunner):
         super().__init__(store, policy, clock)
         self.counters = counters
 
-    async def _run(self, spec: TaskSpec) -> dict[str, Any]:
+    async def _run(self, spec: TaskSpec, decision: Decision | None) -> dict[str, Any]:
         self.counters.executed[spec.id] += 1
-        return await super()._run(spec)
+        return await super()._run(spec, decision)
 
 
 @dataclass

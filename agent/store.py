@@ -14,7 +14,14 @@ Two promises live here, and both rest on SQLite transactions:
   never re-run, because the action may already have had its effect.
 
 The database runs in WAL mode with ``synchronous=FULL``: a record that
-:meth:`AgentStore.append_audit` returned is on disk, even across power loss.
+:meth:`AgentStore.append_audit` returned is on disk, even across power loss, and so
+is a journal entry or a result. The relay's acknowledgements are the exception
+(:meth:`AgentStore.ack_audit`, :meth:`AgentStore.ack_result`): they commit without
+waiting for the disk, and the next commit that does wait takes them along (the WAL is
+written in order). Power lost in between forgets only the ack, and the agent sends
+those records or that result again, which the relay recognises and acknowledges
+again; a crash of the process alone loses nothing, since the operating system holds
+the write.
 All methods are synchronous and thread-safe (one connection behind a lock); the
 asyncio side calls them through :meth:`AgentStore.call`.
 """
@@ -26,7 +33,8 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
@@ -149,6 +157,16 @@ class AgentStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Commit the transaction inside without waiting for the disk (module docs:
+        for acknowledgements only, which the relay can give again)."""
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
     # -- audit outbox ------------------------------------------------------------
 
     def _head(self) -> ChainHead:
@@ -267,7 +285,7 @@ class AgentStore:
         :class:`ValueError` and deletes nothing. Repeating the last ack is a no-op.
         Returns the number of records deleted.
         """
-        with self._lock, self._db.atomic():
+        with self._lock, self._unsynced(), self._db.atomic():
             row = self._db.execute(
                 "SELECT hash FROM audit_outbox WHERE seq = ?", [last_seq]
             ).fetchone()
@@ -359,7 +377,7 @@ class AgentStore:
 
     def ack_result(self, task_id: str) -> None:
         """The relay has the result; the journal entry stays so a redelivery is still refused."""
-        with self._lock, self._db.atomic():
+        with self._lock, self._unsynced(), self._db.atomic():
             self._db.execute(
                 "UPDATE task_journal SET result_acked = 1 WHERE task_id = ? AND state = 'done'",
                 [task_id],

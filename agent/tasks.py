@@ -18,7 +18,7 @@ from coact.agent.executors import execute
 from coact.agent.executors.errors import ActionError
 from coact.agent.frames import TaskSpec
 from coact.agent.store import AgentStore, AuditItem
-from coact.policy.decision import decide
+from coact.policy.decision import Decision, decide
 from coact.policy.document import Policy
 from coact.shared.canonical import sha256_hex
 from coact.shared.clock import Clock, from_rfc3339, to_rfc3339
@@ -81,41 +81,50 @@ class TaskRunner:
         # session after a relay restart) must see it as running, not as left over.
         self.running.add(spec.id)
         try:
-            received = ("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
-            state = await self.store.call(self.store.begin_task, spec.id, spec.as_dict(), [received])
+            decision, journaled = self._plan(spec)
+            state = await self.store.call(self.store.begin_task, spec.id, spec.as_dict(), journaled)
             if state == "done":
                 await self.audit("task.redelivered", {"action": spec.action}, spec.id)
                 return await self.store.call(self.store.task_result, spec.id)
             if state == "running":
                 # Journaled by an earlier process that died before finishing it.
                 return await self._settle_interrupted(spec.id)
-            return await self._run(spec)
+            return await self._run(spec, decision)
         finally:
             self.running.discard(spec.id)
 
-    async def _run(self, spec: TaskSpec) -> dict[str, Any]:
-        """Run a task just journaled (its ``task.received`` record written with it).
-        Each step's audit records share one transaction with the step's journal write
-        or with the next records: three writes for a task that runs, two for a denial."""
+    def _plan(self, spec: TaskSpec) -> tuple[Decision | None, list[AuditItem]]:
+        """The local policy's decision (None if the task has expired) and the records
+        journaled with the task: its receipt, the decision and, if allowed, its start.
+        The policy is pure, so it is decided before the journal write, and one
+        transaction holds them all."""
+        journaled: list[AuditItem] = [
+            ("task.received", {"action": spec.action, "params": audit_params(spec.params)}, spec.id)
+        ]
         if spec.expires_at is not None and from_rfc3339(spec.expires_at) <= self.clock.now():
-            return await self._finish(spec.id, self._result(spec.id, "failed", None, "expired before it could run", None))
+            return None, journaled
         decision = decide(self.policy, spec.action, spec.params)
-        decided = (
+        journaled.append((
             "policy.decision",
             {"action": spec.action, "outcome": decision.outcome, "reasons": list(decision.reasons), "rule": decision.rule},
             spec.id,
-        )
+        ))
+        if decision.outcome == "allow":
+            journaled.append(("action.started", {"action": spec.action}, spec.id))
+        return decision, journaled
+
+    async def _run(self, spec: TaskSpec, decision: Decision | None) -> dict[str, Any]:
+        """Run a task just journaled with its receipt and ``decision`` (None: it had
+        expired). Two writes for every task: that journal entry, then the result with
+        the record of how it ended."""
+        if decision is None:
+            return await self._finish(spec.id, self._result(spec.id, "failed", None, "expired before it could run", None))
         if decision.outcome != "allow":
             why = "; ".join(decision.reasons)
             if decision.outcome == "needs_approval":
                 why = f"needs approval, which this agent cannot verify yet: {why}"
-            return await self._finish(
-                spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None), [decided]
-            )
+            return await self._finish(spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None))
         started = to_rfc3339(self.clock.now())
-        await self.store.call(
-            self.store.append_audit_many, [decided, ("action.started", {"action": spec.action}, spec.id)]
-        )
         output: Any = None
         try:
             output = await asyncio.wait_for(execute(spec.action, spec.params, self.policy), spec.timeout_s)

@@ -152,6 +152,29 @@ def test_ack_with_wrong_hash_deletes_nothing(store: AgentStore) -> None:
     assert store.pending_count() == 3
 
 
+def _synchronous(store: AgentStore) -> int:
+    return int(store._db.execute("PRAGMA synchronous").fetchone()[0])
+
+
+def test_acks_commit_without_waiting_for_the_disk_and_everything_else_waits(store: AgentStore) -> None:
+    records = store.append_audit_many([("k", {"i": i}, None) for i in range(3)])
+    assert store.begin_task("tsk_1", {"id": "tsk_1"}) == "new"
+    store.finish_task("tsk_1", {"task_id": "tsk_1", "status": "succeeded"})
+    statements: list[str] = []
+    store._db.conn.set_trace_callback(statements.append)
+    store.ack_audit(records[-1]["seq"], records[-1]["hash"])
+    store.ack_result("tsk_1")
+    assert statements.count("PRAGMA synchronous=NORMAL") == 2
+    assert statements[-1] == "PRAGMA synchronous=FULL"
+    assert _synchronous(store) == 2  # FULL again for the appends and journal writes
+    # A refused ack changes nothing and leaves the store waiting for the disk too.
+    store.append_audit("k", {"i": 3})
+    with pytest.raises(ValueError, match="names hash"):
+        store.ack_audit(4, "0" * 64)
+    assert _synchronous(store) == 2
+    assert store.pending_count() == 1
+
+
 def test_repeated_ack_is_a_no_op_but_a_stale_unknown_one_is_refused(store: AgentStore) -> None:
     records = [store.append_audit("tick", {"n": n}) for n in range(3)]
     assert store.ack_audit(2, records[1]["hash"]) == 2
