@@ -334,6 +334,28 @@ def ed25519_verify_floor(n: int = 5000) -> float:
     return (time.perf_counter() - start) / n
 
 
+def sqlite_commit_floor(path: Path, commits: int = 500) -> dict[str, float]:
+    """Raw sqlite3 commits of one small row, WAL and ``synchronous=FULL`` as the
+    agent's database: what one write that waits for this machine's disk costs."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS floor (id INTEGER PRIMARY KEY, body TEXT)")
+        times: list[float] = []
+        for _ in range(commits):
+            start = time.perf_counter()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO floor (body) VALUES (?)", ("x" * 300,))
+            conn.execute("COMMIT")
+            times.append(time.perf_counter() - start)
+        return summary_ms(times)
+    finally:
+        conn.close()
+
+
 def chdb_insert_floor(rows: Sequence[Sequence[Any]], batch: int, path: Path) -> float:
     """Rows/s of raw clickhouse-connect inserts into chDB, same table shape as the relay's."""
     import clickhouse_connect
