@@ -128,13 +128,17 @@ async def _fetch(session: aiohttp.ClientSession, ids: set[str]) -> list[dict[str
             return found
 
 
-def _check(tasks: list[dict[str, Any]], ids: set[str], sim: dict[str, Any]) -> dict[str, Any]:
+def _outcome(tasks: list[dict[str, Any]], ids: set[str]) -> dict[str, Any]:
+    """How many of the created tasks were found, by status, and whether all succeeded."""
     statuses: dict[str, int] = {}
     for t in tasks:
         statuses[t["status"]] = statuses.get(t["status"], 0) + 1
     return {"tasks": len(ids), "found": len(tasks), "statuses": statuses,
-            "all_succeeded": statuses.get("succeeded", 0) == len(ids),
-            "sim_executed_twice": sim.get("executed_twice")}
+            "all_succeeded": statuses.get("succeeded", 0) == len(ids)}
+
+
+def _check(tasks: list[dict[str, Any]], ids: set[str], sim: dict[str, Any]) -> dict[str, Any]:
+    return {**_outcome(tasks, ids), "sim_executed_twice": sim.get("executed_twice")}
 
 
 class Watcher:
@@ -217,8 +221,8 @@ async def _load(fleet: Fleet, bodies: list[dict[str, Any]], *, rate: float | Non
     return ids, post_times, sent_at
 
 
-async def _results(fleet: Fleet, ids: set[str]) -> list[dict[str, Any]]:
-    session = await _session(fleet.relay, fleet.api)
+async def _results(relay: harness.Relay, api: harness.Api, ids: set[str]) -> list[dict[str, Any]]:
+    session = await _session(relay, api)
     try:
         return await _fetch(session, ids)
     finally:
@@ -285,7 +289,7 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
         by_thread = perfkit.thread_cpu(fleet.relay.proc.pid)
         by_thread.subtract(threads_before)
         wall = time.monotonic() - wall
-        rows = asyncio.run(_results(fleet, ids))
+        rows = asyncio.run(_results(fleet.relay, fleet.api, ids))
     finally:
         if spy is not None:
             spy.wait(120)
@@ -399,25 +403,13 @@ def one_agent(tasks: int, *, workdir: Path | None = None, do_record: bool = True
         cpu_before = perfkit.cpu_seconds(agent.proc.pid)
         ids, seen = asyncio.run(_one_at_a_time(relay, api, body, tasks))
         agent_cpu_s = perfkit.cpu_seconds(agent.proc.pid) - cpu_before
-
-        async def fetch() -> list[dict[str, Any]]:
-            session = await _session(relay, api)
-            try:
-                return await _fetch(session, set(ids))
-            finally:
-                await session.close()
-
-        rows = asyncio.run(fetch())
+        rows = asyncio.run(_results(relay, api, set(ids)))
     finally:
         if agent is not None:
             agent.stop()
         relay.stop()
-    statuses: dict[str, int] = {}
-    for row in rows:
-        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
     result: dict[str, Any] = {
-        "mode": "agent", "tasks": tasks, "found": len(rows), "statuses": statuses,
-        "all_succeeded": statuses.get("succeeded", 0) == tasks,
+        "mode": "agent", **_outcome(rows, set(ids)),
         "client": perfkit.summary_ms(seen),
         "phases": phases(rows),
         "agent_cpu_us_per_task": round(1e6 * agent_cpu_s / max(tasks, 1)),
@@ -426,7 +418,7 @@ def one_agent(tasks: int, *, workdir: Path | None = None, do_record: bool = True
     print(result)
     if do_record:
         client, agent_phase, commit = result["client"], result["phases"]["agent"], result["floor_commit"]
-        ok = "all succeeded" if result["all_succeeded"] else f"CHECK FAILED {statuses}"
+        ok = "all succeeded" if result["all_succeeded"] else f"CHECK FAILED {result['statuses']}"
         perfkit.record(
             "dispatch latency, one real agent",
             f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms from POST sent to the final state on the event "
