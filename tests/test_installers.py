@@ -6,6 +6,7 @@ import configparser
 import plistlib
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -43,16 +44,56 @@ def test_systemd_units_run_real_commands_hardened() -> None:
     assert agent["RestartPreventExitStatus"] == str(EXIT_REVOKED)
 
 
-def test_launchd_plist_is_valid_and_runs_the_agent() -> None:
-    with (INSTALLERS / "launchd" / "dev.coact.agent.plist").open("rb") as handle:
-        plist = plistlib.load(handle)
+def _rendered_plist(home: str) -> dict[str, Any]:
+    """The LaunchAgent as install-agent-macos.sh would install it for ``home``."""
+    rendered = subprocess.run(["bash", str(INSTALLERS / "install-agent-macos.sh"), "--print-plist"],
+                              capture_output=True, check=True, env={"HOME": home, "PATH": "/usr/bin:/bin"})
+    return plistlib.loads(rendered.stdout)  # type: ignore[no-any-return]
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [text for item in value.values() for text in _strings(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _strings(item)]
+    return []
+
+
+def test_launchd_plist_is_valid_and_runs_the_agent_with_absolute_paths() -> None:
+    plist = _rendered_plist("/Users/ada lovelace")
     assert plist["ProgramArguments"][1:3] == ["agent", "run"]
     _parses(plist["ProgramArguments"])
+    # launchd expands neither ~ nor $HOME: every path it is given must be absolute already.
+    for text in _strings(plist):
+        for unexpanded in ("~", "$", "@HOME@"):
+            assert unexpanded not in text, text
+    data_dir = plist["ProgramArguments"][plist["ProgramArguments"].index("--data-dir") + 1]
+    assert data_dir == "/Users/ada lovelace/Library/Application Support/Coact/agent"
+    for key in ("StandardOutPath", "StandardErrorPath"):
+        assert plist[key].startswith("/Users/ada lovelace/Library/Logs/"), plist[key]
+    # Restarted after a crash only: a revoked agent's exit must leave it stopped.
     assert plist["KeepAlive"] == {"Crashed": True}
 
 
+def test_launchd_plist_says_the_exit_status_the_cli_uses_for_a_revocation() -> None:
+    from coact.agent.cli import EXIT_REVOKED
+
+    text = (INSTALLERS / "launchd" / "dev.coact.agent.plist").read_text()
+    assert f"revoked device exits {EXIT_REVOKED}" in text
+    assert f"status {EXIT_REVOKED}" in (INSTALLERS / "README.md").read_text()
+
+
+def test_launchd_installer_refuses_a_home_it_cannot_write_into_the_plist() -> None:
+    refused = subprocess.run(["bash", str(INSTALLERS / "install-agent-macos.sh"), "--print-plist"],
+                             capture_output=True, text=True, env={"HOME": "relative/home", "PATH": "/usr/bin:/bin"})
+    assert refused.returncode == 1
+    assert "HOME must be an absolute path" in refused.stderr
+
+
 def test_install_scripts_are_valid_bash_and_refuse_missing_arguments() -> None:
-    for script in ("install-agent.sh", "uninstall-agent.sh"):
+    for script in ("install-agent.sh", "install-agent-macos.sh", "uninstall-agent.sh"):
         subprocess.run(["bash", "-n", str(INSTALLERS / script)], check=True)
     missing = subprocess.run(["bash", str(INSTALLERS / "install-agent.sh"), "--relay", "http://x"],
                              capture_output=True, text=True)
