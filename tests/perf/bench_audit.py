@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,10 @@ def sample_rows(count: int, devices: int = 100) -> list[list[Any]]:
     return rows[:count]
 
 
-def ingest(agents: int, backlog: int, *, workdir: Path | None = None, profile: Path | None = None,
-           do_record: bool = True) -> dict[str, Any]:
+@perfkit.temporary_workdir("coact-bench-ingest-")
+def ingest(agents: int, backlog: int, *, workdir: Path, profile: Path | None = None,
+           do_record: bool = False) -> dict[str, Any]:
     perfkit.raise_fd_limit()
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-ingest-"))
     relay = perfkit.start_relay(workdir)
     spy = None
     try:
@@ -94,24 +93,24 @@ def ingest(agents: int, backlog: int, *, workdir: Path | None = None, profile: P
     if profile is not None:
         result["profile"] = perfkit.top_frames(profile)
     print(result)
-    if do_record:
-        perfkit.record(
-            "audit ingest",
-            f"{result['records_per_s']:,.0f} records/s verified + stored ({total:,} records from {agents} agents, "
-            f"batches of ≤ 1,000; {result['devices_with_all_records']}/{agents} chains complete, {result['nacks']} nacks; "
-            f"relay CPU {result['relay_cpu_us_per_record']} µs/record, all threads)",
-            f"raw chDB insert {result['floor_chdb_1k']:,.0f} rows/s (1k batches), {result['floor_chdb_10k']:,.0f} rows/s "
-            f"(10k batches); Ed25519 verify {result['floor_verify_us']} µs",
-            f"{result['records_per_s'] / result['floor_chdb_1k']:.2f}x of 1k-batch floor",
-            "≥ 200,000 records/s",
-            f"python tests/perf/bench_audit.py ingest --agents {agents} --backlog {backlog}",
-        )
+    perfkit.record(
+        "audit ingest",
+        f"{result['records_per_s']:,.0f} records/s verified + stored ({total:,} records from {agents} agents, "
+        f"batches of ≤ 1,000; {result['devices_with_all_records']}/{agents} chains complete, {result['nacks']} nacks; "
+        f"relay CPU {result['relay_cpu_us_per_record']} µs/record, all threads)",
+        f"raw chDB insert {result['floor_chdb_1k']:,.0f} rows/s (1k batches), {result['floor_chdb_10k']:,.0f} rows/s "
+        f"(10k batches); Ed25519 verify {result['floor_verify_us']} µs",
+        f"{result['records_per_s'] / result['floor_chdb_1k']:.2f}x of 1k-batch floor",
+        "≥ 200,000 records/s",
+        f"python tests/perf/bench_audit.py ingest --agents {agents} --backlog {backlog}",
+        write=do_record,
+    )
     return result
 
 
-def drain(records: int, *, workdir: Path | None = None, profile: Path | None = None,
-          do_record: bool = True) -> dict[str, Any]:
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-drain-"))
+@perfkit.temporary_workdir("coact-bench-drain-")
+def drain(records: int, *, workdir: Path, profile: Path | None = None,
+          do_record: bool = False) -> dict[str, Any]:
     relay = perfkit.start_relay(workdir)
     agent = None
     spy = None
@@ -158,16 +157,16 @@ def drain(records: int, *, workdir: Path | None = None, profile: Path | None = N
     if profile is not None:
         result["profile"] = perfkit.top_frames(profile)
     print(result)
-    if do_record:
-        perfkit.record(
-            "agent outbox drain",
-            f"{result['records_per_s']:,.0f} records/s: {records:,} buffered records uploaded in {result['drain_s']} s "
-            f"by one `coact agent run` (relay holds seq {last_seq:,}); filling took {result['fill_s']} s",
-            f"raw chDB insert of one device's records, 1k batches one at a time: {result['floor_chdb_1k']:,.0f} rows/s",
-            f"{result['records_per_s'] / result['floor_chdb_1k']:.2f}x",
-            "(part of ≥ 200,000 records/s)",
-            f"python tests/perf/bench_audit.py drain --records {records}",
-        )
+    perfkit.record(
+        "agent outbox drain",
+        f"{result['records_per_s']:,.0f} records/s: {records:,} buffered records uploaded in {result['drain_s']} s "
+        f"by one `coact agent run` (relay holds seq {last_seq:,}); filling took {result['fill_s']} s",
+        f"raw chDB insert of one device's records, 1k batches one at a time: {result['floor_chdb_1k']:,.0f} rows/s",
+        f"{result['records_per_s'] / result['floor_chdb_1k']:.2f}x",
+        "(part of ≥ 200,000 records/s)",
+        f"python tests/perf/bench_audit.py drain --records {records}",
+        write=do_record,
+    )
     return result
 
 
@@ -179,11 +178,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--profile", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
+    perfkit.add_record_option(parser)
     args = parser.parse_args()
     if args.mode == "ingest":
-        ingest(args.agents, args.backlog, workdir=args.workdir, profile=args.profile)
+        ingest(args.agents, args.backlog, workdir=args.workdir, profile=args.profile, do_record=args.record)
     else:
-        drain(args.records, workdir=args.workdir, profile=args.profile)
+        drain(args.records, workdir=args.workdir, profile=args.profile, do_record=args.record)
 
 
 if __name__ == "__main__":

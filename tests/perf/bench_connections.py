@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -65,11 +64,11 @@ def floor_per_connection(count: int) -> tuple[float, float]:
         server.stop()
 
 
+@perfkit.temporary_workdir("coact-bench-conn-")
 def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s: float = 30.0,
-        heartbeat_s: float = 20.0, workdir: Path | None = None, do_record: bool = True,
+        heartbeat_s: float = 20.0, workdir: Path, do_record: bool = False,
         profile: Path | None = None, storm: bool = False) -> dict[str, Any]:
     perfkit.raise_fd_limit()
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-conn-"))
     relay = perfkit.start_relay(workdir)
     result: dict[str, Any] = {"agents": agents}
     try:
@@ -144,7 +143,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
         result["floor_connect_s"] = round(result["relay_cpu_ms_per_connect"] * agents / 1000, 1)
         result["storm_ratio"] = round(result["all_connected_s"] / result["floor_connect_s"], 2)
     print({k: v for k, v in result.items() if k != "sim_summary"})
-    if do_record and storm:
+    if storm:
         perfkit.record(
             f"reconnect storm ({agents:,} agents)",
             f"{agents:,} agents connecting at once: all connected in {result['all_connected_s']} s "
@@ -158,8 +157,9 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             "(every agent back soon after a relay restart; none set)",
             f"python tests/perf/bench_connections.py --agents {agents} --processes {processes} --storm "
             f"--hold {hold_s:g}",
+            write=do_record,
         )
-    elif do_record:
+    else:
         perfkit.record(
             f"connections held ({agents:,} agents)",
             f"{result['held']:,} held {hold_s:.0f} s, {result['relay_kb_per_conn']} KB/conn relay anonymous memory "
@@ -177,6 +177,7 @@ def run(agents: int, *, processes: int = 1, connect_rate: float = 500.0, hold_s:
             "≥ 20,000 agents at ≤ 2× floor memory",
             f"python tests/perf/bench_connections.py --agents {agents} --processes {processes} "
             f"--connect-rate {connect_rate:g}",
+            write=do_record,
         )
     return result
 
@@ -193,9 +194,11 @@ def main() -> None:
                         help="connect the whole fleet at once (a relay restart), a thread per agent")
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the relay while the fleet connects; raw stacks to this file")
+    perfkit.add_record_option(parser)
     args = parser.parse_args()
     run(args.agents, processes=args.processes, connect_rate=args.connect_rate, hold_s=args.hold,
-        heartbeat_s=args.heartbeat, workdir=args.workdir, profile=args.profile, storm=args.storm)
+        heartbeat_s=args.heartbeat, workdir=args.workdir, profile=args.profile, storm=args.storm,
+        do_record=args.record)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -262,10 +261,10 @@ def floor() -> dict[str, float]:
         server.stop()
 
 
+@perfkit.temporary_workdir("coact-bench-dispatch-")
 def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks: int = 5000,
         concurrency: int = 64, db: str = "sqlite", processes: int = 1, profile: Path | None = None,
-        workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
-    workdir = workdir or Path(tempfile.mkdtemp(prefix=f"coact-bench-{mode}-"))
+        workdir: Path, do_record: bool = False) -> dict[str, Any]:
     fleet = Fleet(agents, workdir, db, processes)
     spy = None
     try:
@@ -320,8 +319,6 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
     print(result)
     lat, fl = result["latency"], result["floor"]
     ok = "all succeeded, none run twice" if result["all_succeeded"] and not result["sim_executed_twice"] else f"CHECK FAILED {result['statuses']}"
-    if not do_record:
-        return result
     if mode == "latency":
         client = result["client"]
         perfkit.record(
@@ -334,6 +331,7 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
             f"p50 {lat['p50_ms'] / fl['p50_ms']:.0f}x",
             "p50 ≤ 2 ms, p99 ≤ 10 ms at 200 tasks/s",
             f"python tests/perf/bench_dispatch.py latency --agents {agents} --rate {rate:g} --seconds {seconds:g}",
+            write=do_record,
         )
     elif mode == "throughput":
         perfkit.record(
@@ -346,6 +344,7 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
             "≥ 5,000 tasks/s (SQLite)",
             f"python tests/perf/bench_dispatch.py throughput --agents {agents} --tasks {tasks} --concurrency {concurrency} --db {db}"
             + (f" --processes {processes}" if processes != 1 else ""),
+            write=do_record,
         )
     else:
         perfkit.record(
@@ -356,6 +355,7 @@ def run(mode: str, *, agents: int, rate: float = 200, seconds: float = 20, tasks
             f"{result['span_s'] / (agents / fl['round_trips_per_s']):.0f}x",
             "(none set; SaltStack: 15 minions ~1 s)",
             f"python tests/perf/bench_dispatch.py fanout --agents {agents}",
+            write=do_record,
         )
     return result
 
@@ -383,11 +383,11 @@ async def _one_at_a_time(relay: harness.Relay, api: harness.Api, body: dict[str,
     return ids, seen
 
 
-def one_agent(tasks: int, *, workdir: Path | None = None, do_record: bool = True) -> dict[str, Any]:
+@perfkit.temporary_workdir("coact-bench-agent-")
+def one_agent(tasks: int, *, workdir: Path, do_record: bool = False) -> dict[str, Any]:
     """Tasks one at a time through one real ``coact agent run``: its journal and outbox
     are a database file whose commits wait for the disk, as on a device, where the
     simulator's are in memory. What the agent's own writes add to a task."""
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-agent-"))
     relay = perfkit.start_relay(workdir)
     agent = None
     try:
@@ -416,19 +416,19 @@ def one_agent(tasks: int, *, workdir: Path | None = None, do_record: bool = True
         "floor_commit": perfkit.sqlite_commit_floor(workdir / "floor.db"),
     }
     print(result)
-    if do_record:
-        client, agent_phase, commit = result["client"], result["phases"]["agent"], result["floor_commit"]
-        ok = "all succeeded" if result["all_succeeded"] else f"CHECK FAILED {result['statuses']}"
-        perfkit.record(
-            "dispatch latency, one real agent",
-            f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms from POST sent to the final state on the event "
-            f"stream, {tasks:,} tasks one at a time; in the agent (received → finished) p50 {agent_phase['p50_ms']} ms, "
-            f"p99 {agent_phase['p99_ms']} ms; agent CPU {result['agent_cpu_us_per_task']:,} µs/task ({ok})",
-            f"sqlite3 commit waiting for the disk (WAL, synchronous=FULL): p50 {commit['p50_ms']} ms, p99 {commit['p99_ms']} ms",
-            f"agent p50 {agent_phase['p50_ms'] / commit['p50_ms']:.1f}x one commit",
-            "(what a device's own disk adds to the dispatch latency target)",
-            f"python tests/perf/bench_dispatch.py agent --tasks {tasks}",
-        )
+    client, agent_phase, commit = result["client"], result["phases"]["agent"], result["floor_commit"]
+    ok = "all succeeded" if result["all_succeeded"] else f"CHECK FAILED {result['statuses']}"
+    perfkit.record(
+        "dispatch latency, one real agent",
+        f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms from POST sent to the final state on the event "
+        f"stream, {tasks:,} tasks one at a time; in the agent (received → finished) p50 {agent_phase['p50_ms']} ms, "
+        f"p99 {agent_phase['p99_ms']} ms; agent CPU {result['agent_cpu_us_per_task']:,} µs/task ({ok})",
+        f"sqlite3 commit waiting for the disk (WAL, synchronous=FULL): p50 {commit['p50_ms']} ms, p99 {commit['p99_ms']} ms",
+        f"agent p50 {agent_phase['p50_ms'] / commit['p50_ms']:.1f}x one commit",
+        "(what a device's own disk adds to the dispatch latency target)",
+        f"python tests/perf/bench_dispatch.py agent --tasks {tasks}",
+        write=do_record,
+    )
     return result
 
 
@@ -444,13 +444,14 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the relay, collapsed stacks here")
     parser.add_argument("--workdir", type=Path, default=None)
+    perfkit.add_record_option(parser)
     args = parser.parse_args()
     if args.mode == "agent":
-        one_agent(args.tasks, workdir=args.workdir)
+        one_agent(args.tasks, workdir=args.workdir, do_record=args.record)
         return
     run(args.mode, agents=args.agents, rate=args.rate, seconds=args.seconds, tasks=args.tasks,
         concurrency=args.concurrency, db=args.db, processes=args.processes, profile=args.profile,
-        workdir=args.workdir)
+        workdir=args.workdir, do_record=args.record)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -79,9 +78,9 @@ def floor(seconds: float) -> dict[str, float]:
         proc.wait()
 
 
-def run(seconds: float = 30, warmup: float = 5, *, gui: bool = True, workdir: Path | None = None,
-        do_record: bool = True) -> dict[str, Any]:
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="coact-bench-footprint-"))
+@perfkit.temporary_workdir("coact-bench-footprint-")
+def run(seconds: float = 30, warmup: float = 5, *, gui: bool = True, workdir: Path,
+        do_record: bool = False) -> dict[str, Any]:
     relay = perfkit.start_relay(workdir)
     result: dict[str, Any] = {}
     xvfb = None
@@ -104,19 +103,19 @@ def run(seconds: float = 30, warmup: float = 5, *, gui: bool = True, workdir: Pa
             xvfb.wait(10)
     result["floor"] = floor(seconds)
     print(result)
-    if do_record:
-        plain, fl = result["plain"], result["floor"]
-        gui_text = (f"; with pyautogui + pynput: RSS {result['gui']['rss_mb']} MB, CPU {result['gui']['cpu_pct']}%"
-                    if "gui" in result else f"; GUI libraries not measured: {result.get('gui_missing', 'skipped')}")
-        perfkit.record(
-            "agent footprint",
-            f"idle RSS {plain['rss_mb']} MB (USS {plain['uss_mb']} MB), CPU {plain['cpu_pct']}% "
-            f"({plain['cpu_ms']} ms in {seconds:g} s){gui_text}",
-            f"bare `python -c sleep`: RSS {fl['rss_mb']} MB",
-            f"{plain['rss_mb'] / fl['rss_mb']:.1f}x RSS",
-            "≤ 40 MB RSS without GUI, near-zero idle CPU",
-            f"python tests/perf/bench_footprint.py --seconds {seconds:g}",
-        )
+    plain, fl = result["plain"], result["floor"]
+    gui_text = (f"; with pyautogui + pynput: RSS {result['gui']['rss_mb']} MB, CPU {result['gui']['cpu_pct']}%"
+                if "gui" in result else f"; GUI libraries not measured: {result.get('gui_missing', 'skipped')}")
+    perfkit.record(
+        "agent footprint",
+        f"idle RSS {plain['rss_mb']} MB (USS {plain['uss_mb']} MB), CPU {plain['cpu_pct']}% "
+        f"({plain['cpu_ms']} ms in {seconds:g} s){gui_text}",
+        f"bare `python -c sleep`: RSS {fl['rss_mb']} MB",
+        f"{plain['rss_mb'] / fl['rss_mb']:.1f}x RSS",
+        "≤ 40 MB RSS without GUI, near-zero idle CPU",
+        f"python tests/perf/bench_footprint.py --seconds {seconds:g}",
+        write=do_record,
+    )
     return result
 
 
@@ -125,8 +124,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--no-gui", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
+    perfkit.add_record_option(parser)
     args = parser.parse_args()
-    run(args.seconds, gui=not args.no_gui, workdir=args.workdir)
+    run(args.seconds, gui=not args.no_gui, workdir=args.workdir, do_record=args.record)
 
 
 if __name__ == "__main__":

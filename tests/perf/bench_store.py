@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--connects", action="store_true",
                         help="measure the state work of --tasks device connects instead of tasks")
     parser.add_argument("--workload-only", action="store_true", help=argparse.SUPPRESS)
+    perfkit.add_record_option(parser)
     args = parser.parse_args()
     if args.workload_only:
         run(args.tasks, check=False, connects=args.connects)
@@ -233,6 +234,7 @@ def main() -> None:
         f"{result['us_per_task'] / result['floor_us_per_task']:.1f}x",
         "(part of ≥ 5,000 tasks/s end to end)",
         command,
+        write=args.record,
     )
 
 

@@ -8,8 +8,10 @@ absolute speed of a shared 2-core machine varies from minute to minute.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -19,13 +21,14 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import psutil
 
@@ -75,11 +78,13 @@ def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def record(bench: str, figure: str, floor: str, ratio: str, target: str, command: str) -> None:
-    """Replace (or add) the row of ``bench`` in the results table of docs/performance.md."""
+def record(bench: str, figure: str, floor: str, ratio: str, target: str, command: str, *, write: bool) -> None:
+    """Print the row of ``bench`` for the results table of docs/performance.md and, with
+    ``write`` (a benchmark's ``--record``), put it there in place of the old one. A run
+    that was not asked to rewrite the docs never does."""
     row = f"| {bench} | {figure} | {floor} | {ratio} | {target} | `{command}` | {machine()} | {today()} |"
     print(row)
-    if os.environ.get("COACT_PERF_NO_RECORD"):
+    if not write:
         return
     text = PERF_DOC.read_text() if PERF_DOC.exists() else f"{RESULTS_START}\n{RESULTS_END}\n"
     head, _, rest = text.partition(RESULTS_START)
@@ -93,6 +98,31 @@ def record(bench: str, figure: str, floor: str, ratio: str, target: str, command
     body.append(row)
     body.sort()
     PERF_DOC.write_text(head + RESULTS_START + "\n" + "\n".join(header + body) + "\n" + RESULTS_END + tail)
+
+
+def add_record_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--record", action="store_true",
+                        help="write this run's row into docs/performance.md (without it the row is only printed)")
+
+
+Bench = TypeVar("Bench", bound=Callable[..., Any])
+
+
+def temporary_workdir(prefix: str) -> Callable[[Bench], Bench]:
+    """Run the benchmark in a fresh temporary ``workdir`` removed when it ends, unless the
+    caller names one (``--workdir``, or a test's tmp_path), which is left for them."""
+
+    def decorate(bench: Bench) -> Bench:
+        @functools.wraps(bench)
+        def wrapper(*args: Any, workdir: Path | None = None, **kwargs: Any) -> Any:
+            if workdir is not None:
+                return bench(*args, workdir=workdir, **kwargs)
+            with tempfile.TemporaryDirectory(prefix=prefix) as made:
+                return bench(*args, workdir=Path(made), **kwargs)
+
+        return cast(Bench, wrapper)
+
+    return decorate
 
 
 # -- processes -------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +23,6 @@ from perf import (
 )
 
 from coact.agent.sim import AdminClient, Fleet, FleetOptions, SimIdentity, enroll_fleet
-
-os.environ["COACT_PERF_NO_RECORD"] = "1"  # smoke runs never touch docs/performance.md
 
 
 @pytest.fixture(scope="module")
