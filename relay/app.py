@@ -79,7 +79,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         sink = await asyncio.to_thread(AuditStore.open, settings.effective_audit_url)
         await asyncio.to_thread(sink.ensure_schema)
         audit = AuditPipeline(store, sink, identity_key, interval_s=settings.audit_insert_interval_s)
-        events = EventBus()
+        events = EventBus(settings.event_stream_buffer_bytes)
         svc = Services(
             settings=settings, clock=clock, store=store, keyring=keyring,
             issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),

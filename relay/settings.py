@@ -51,6 +51,8 @@ class Settings:
     audit_flush_interval_s: float = _setting(0.5, "How often the relay's own audit events are forwarded to ClickHouse.")
     audit_insert_interval_s: float = _setting(0.2, "At most one ClickHouse insert of fewer records than a full batch (1,000) starts per this many seconds; verified records arriving sooner wait for it, and their acks with them. The first batch after a quiet spell goes in at once. Every insert makes a part, and a small one costs the embedded engine about 20 ms of CPU.")
     log_level: str = _setting("INFO", "Logging level.")
+    event_stream_buffer_bytes: int = _setting(4 * 1024 * 1024, "Live events one user event stream (GET /api/v1/ws) may hold unsent, in bytes of JSON (about 150 each): a client reading as fast as it can gets every event of a fan-out to thousands of devices; one that falls further behind loses the oldest and gets a lagged marker.")
+    event_streams_per_user: int = _setting(8, "Event streams one user may have open at once; one more answers 429. With event_stream_buffer_bytes it bounds what a user's streams can hold.")
     allowed_origins: tuple[str, ...] = _setting((), "Browser origins (scheme://host[:port], comma-separated) allowed to open the user event stream GET /api/v1/ws besides the relay's own public URL. Requests without an Origin header (non-browser clients) are allowed.")
 
     def __post_init__(self) -> None:
@@ -59,13 +61,16 @@ class Settings:
         for name in ("access_token_ttl_s", "device_token_ttl_s", "refresh_token_ttl_s", "enrollment_code_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit"):
+        for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit",
+                     "event_streams_per_user"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.refresh_reuse_grace_s <= 60:
             raise ValueError("refresh_reuse_grace_s must be between 0 and 60 seconds")
         if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:
             raise ValueError("access tokens are short-lived: at most 3600 s")
+        if self.event_stream_buffer_bytes < 4096:
+            raise ValueError("event_stream_buffer_bytes must be at least 4096")
         for origin in self.allowed_origins:
             if origin != origin.rstrip("/") or "://" not in origin or origin.count("/") != 2:
                 raise ValueError(f"allowed_origins: {origin!r} is not an origin like https://app.example.com")

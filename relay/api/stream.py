@@ -9,26 +9,29 @@ the upgrade — the cross-site WebSocket hijacking of MeshCentral CVE-2024-26135
 
 The stream is one-way: a client data frame closes it (4400). It also ends when the
 access token expires (4401: reconnect with a fresh one) or the account is disabled
-(4403), which is re-checked every ``RECHECK_S``.
+(4403), which is re-checked every ``RECHECK_S``. One account has at most
+``event_streams_per_user`` streams open (429 past that), each holding at most
+``event_stream_buffer_bytes`` of unsent events (coact.relay.events).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+from collections import Counter
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
 from coact.relay.api.context import services
-from coact.relay.errors import Forbidden
+from coact.relay.errors import Forbidden, TooManyRequests
 from coact.relay.routing import ANY_USER, Call, RouteTable
 from coact.relay.services import BEARER_SUBPROTOCOL, bearer_token
 from coact.relay.settings import Settings
 
 routes = RouteTable("notifications")
 STREAMS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("user_streams", set)
+OPEN_BY_USER: web.AppKey[Counter[str]] = web.AppKey("user_streams_by_user", Counter)
 
 CLOSE_PROTOCOL = 4400
 CLOSE_EXPIRED = 4401
@@ -72,7 +75,7 @@ def origin_allowed(origin: str | None, settings: Settings) -> bool:
 
 @routes.route("GET", "/api/v1/ws", access=ANY_USER, content_type="websocket",
               summary="The user event stream: live task and presence events of the caller's org (WebSocket)",
-              errors=(401, 403))
+              errors=(401, 403, 429))
 async def user_stream(call: Call) -> web.StreamResponse:
     svc = services(call.request)
     request = call.request
@@ -89,7 +92,12 @@ async def user_stream(call: Call) -> web.StreamResponse:
     ws = web.WebSocketResponse(protocols=protocols, compress=False, max_msg_size=4096, heartbeat=30)
     # Subscribe before the upgrade completes: an event published after the client sees
     # the 101 is never missed.
-    queue = svc.events.subscribe(user.org_id)
+    open_by_user = request.app[OPEN_BY_USER]
+    if open_by_user[user.subject] >= svc.settings.event_streams_per_user:
+        raise TooManyRequests(f"this account already has {open_by_user[user.subject]} event streams open "
+                              "(event_streams_per_user); close one first", retry_after=int(RECHECK_S))
+    subscriber = svc.events.subscribe(user.org_id)
+    open_by_user[user.subject] += 1
     streams = request.app[STREAMS]
     try:
         await ws.prepare(request)
@@ -101,14 +109,18 @@ async def user_stream(call: Call) -> web.StreamResponse:
                 if remaining <= 0:
                     await ws.close(code=CLOSE_EXPIRED, message=b"access token expired")
                     break
-                getter = asyncio.create_task(queue.get())
+                waiting = asyncio.create_task(subscriber.ready())
                 done, _ = await asyncio.wait(
-                    {reader, getter}, timeout=min(RECHECK_S, remaining), return_when=asyncio.FIRST_COMPLETED
+                    {reader, waiting}, timeout=min(RECHECK_S, remaining), return_when=asyncio.FIRST_COMPLETED
                 )
-                if getter in done:
-                    await ws.send_str(json.dumps(getter.result()))
+                if waiting in done:
+                    # Everything waiting goes out on one wake-up: a fan-out publishes
+                    # thousands of events in a burst, and woken once per event the
+                    # stream fell behind its own queue (issue 21).
+                    for text in subscriber.take():
+                        await ws.send_str(text)
                     continue
-                getter.cancel()
+                waiting.cancel()
                 if reader in done:
                     break
                 account = await svc.store.user_by_id(user.org_id, user.subject)
@@ -119,7 +131,10 @@ async def user_stream(call: Call) -> web.StreamResponse:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
     finally:
-        svc.events.unsubscribe(user.org_id, queue)
+        svc.events.unsubscribe(user.org_id, subscriber)
+        open_by_user[user.subject] -= 1
+        if not open_by_user[user.subject]:
+            del open_by_user[user.subject]
         streams.discard(ws)
     return ws
 
@@ -140,4 +155,5 @@ async def _close_streams(app: web.Application) -> None:
 def setup(app: web.Application) -> None:
     """Keep track of open streams so that shutdown closes them rather than waiting."""
     app[STREAMS] = set()
+    app[OPEN_BY_USER] = Counter()
     app.on_shutdown.append(_close_streams)

@@ -120,7 +120,17 @@ def test_dispatch_bench_smoke(tmp_path: Path) -> None:
     result = bench_dispatch.run("throughput", agents=3, tasks=12, concurrency=4, workdir=tmp_path, do_record=False)
     assert result["all_succeeded"]
     assert result["found"] == 12
+    assert result["client"]["seen"] == result["client"]["expected"] == 12
     assert result["sim_executed_twice"] == 0
+
+
+def test_dispatch_closed_loop_bench_smoke(tmp_path: Path) -> None:
+    result = bench_dispatch.run("throughput", agents=3, tasks=12, concurrency=2, closed_loop=True,
+                                workdir=tmp_path, do_record=False)
+    assert result["all_succeeded"]
+    # Each slot waited for a final state on the stream before its next POST: every one seen.
+    assert result["client"]["seen"] == result["client"]["expected"] == 12
+    assert result["client"]["completed_per_s"] > 0
 
 
 def test_dispatch_latency_bench_smoke(tmp_path: Path) -> None:
@@ -135,10 +145,14 @@ def test_dispatch_latency_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_dispatch_fanout_bench_smoke(tmp_path: Path) -> None:
-    result = bench_dispatch.run("fanout", agents=4, workdir=tmp_path, do_record=False)
+    # 600 devices: a fan-out past ~150 lost final states on the event stream (issue 21).
+    result = bench_dispatch.run("fanout", agents=600, workdir=tmp_path, do_record=False)
     assert result["all_succeeded"]
-    assert result["found"] == 4  # one task per device
+    assert result["found"] == 600  # one task per device
     assert result["sim_executed_twice"] == 0
+    # A client following the stream saw every final state: no lost sample in the figures.
+    assert result["client"]["seen"] == result["client"]["expected"] == 600
+    assert result["client"]["lagged"] == 0
 
 
 def test_dispatch_one_agent_bench_smoke(tmp_path: Path) -> None:

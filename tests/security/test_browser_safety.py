@@ -116,6 +116,34 @@ async def test_a_disabled_users_token_cannot_open_the_stream(relay: Relay) -> No
     await _refused(relay, viewer.token, 401)
 
 
+async def test_one_account_opens_a_bounded_number_of_streams(relay: Relay) -> None:
+    """Each stream may hold megabytes of unsent events for a slow reader, so one
+    account's open streams are bounded; closing one makes room again."""
+    admin, _ = relay.new_admin()
+    other, _ = relay.new_admin()
+    opened = [await _open(relay, admin.token) for _ in range(Settings().event_streams_per_user)]
+    body = await _refused(relay, admin.token, 429)
+    assert "event_streams_per_user" in str(body["detail"])
+    await (await _open(relay, other.token)).close()  # another account is not affected
+    await opened.pop().close()
+    again = await wait_for_open(relay, admin.token)
+    for ws in [*opened, again]:
+        await ws.close()
+
+
+async def wait_for_open(relay: Relay, token: str) -> ClientConnection:
+    """Open a stream once the relay has counted a just-closed one out (it does so as
+    the closing handshake ends, which the client may see first)."""
+    statuses = []
+    for _ in range(100):
+        try:
+            return await _open(relay, token)
+        except InvalidStatus as refused:
+            statuses.append(refused.response.status_code)
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the closed stream was never counted out: {sorted(set(statuses))}")
+
+
 @pytest.fixture(scope="module")
 def allowlist_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
     server = Relay(tmp_path_factory.mktemp("origins") / "data",
