@@ -15,6 +15,7 @@ import click
 # relay's too, which made a bare `coact --help` take seconds (tests/cli/test_startup.py
 # holds each line to its command's own).
 LAZY_GROUPS: dict[str, tuple[str, str, str]] = {
+    "actions": ("coact.cli.actions", "actions_group", "The actions a task can name: their params, risk and support."),
     "relay": ("coact.relay.cli", "relay_group", "Run the relay: API, agent hub, scheduler and audit pipeline."),
     "agent": ("coact.agent.cli", "agent_group", "The resident device agent: enroll this device, run it, check on it."),
     "policy": ("coact.agent.cli", "policy_group", "The agent's local policy (default deny)."),

@@ -208,7 +208,7 @@ def validate_params(action: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """
     spec = ACTIONS.get(action) if isinstance(action, str) else None
     if spec is None:
-        raise ParamsError(f"unknown action {action!r}")
+        raise ParamsError(f"unknown action {action!r}; `coact actions ls` lists the actions and their params")
     return spec.validate(params)
 
 

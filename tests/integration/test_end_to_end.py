@@ -186,6 +186,7 @@ def test_cancel_and_bad_input_answers(relay: Relay, agent_factory) -> None:
     unknown = admin.post("/api/v1/tasks", {"device_id": device_id, "action": "file.explode", "params": {}})
     assert unknown.status == 400
     assert "unknown action" in unknown.body["detail"]
+    assert "coact actions ls" in unknown.body["detail"]
     wrong_type = admin.post("/api/v1/tasks", {"device_id": device_id, "action": "file.list", "params": {"path": 7}})
     assert wrong_type.status == 400
     extra = admin.post("/api/v1/tasks", {"device_id": device_id, "action": "file.list", "params": {}, "bogus": 1})

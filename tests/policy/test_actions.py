@@ -103,7 +103,8 @@ def test_validate_does_not_change_its_input() -> None:
 @pytest.mark.parametrize(
     ("action", "params", "message"),
     [
-        ("x", {}, "unknown action 'x'"),
+        # An unknown action's error says where the catalog is (issue 15.5).
+        ("x", {}, "unknown action 'x'; `coact actions ls` lists the actions and their params"),
         ("file.list", {}, "params.path: required"),
         ("file.list", {"path": "/a", "foo": 1}, "params.foo: unknown parameter"),
         ("file.list", {"path": "/a", "recursive": "yes"},
