@@ -38,9 +38,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ID_PATTERN = re.compile(r"^[a-z]{2,4}_[0-9a-z]{26}$")
 FINAL_STATUSES = frozenset({"rejected", "succeeded", "failed", "timed_out", "cancelled", "expired"})
+# The statuses a task can have today. The lifecycle also names created, rejected,
+# awaiting_approval and approved, reserved for the approval workflow, which no task
+# reaches yet: offering them as filters would promise lists that are always empty.
 TASK_STATUSES = (
-    "created", "rejected", "awaiting_approval", "approved", "queued", "dispatched",
-    "running", "succeeded", "failed", "timed_out", "cancelled", "expired",
+    "queued", "dispatched", "running", "succeeded", "failed", "timed_out", "cancelled", "expired",
 )
 
 
@@ -318,6 +320,12 @@ def tasks_group() -> None:
     """Run tasks on devices; list, show and cancel them."""
 
 
+def device_label(names: Mapping[str, str], device_id: str) -> str:
+    """A device as a table shows it: its name, for reading, and its id, for typing."""
+    name = names.get(device_id)
+    return f"{name} ({device_id})" if name else device_id
+
+
 def task_line(task: Mapping[str, Any]) -> str:
     return f"task {task['id']} {task['status']} ({task['action']} on {task['device_id']}, risk {task['risk']['level']})"
 
@@ -388,6 +396,14 @@ def tasks_run(relay_url: str | None, profile: str, output: str, device: str, act
     if timeout is not None:
         body["timeout_s"] = timeout
     task = session.post("/tasks", body)
+    if wait and not target.get("online") and task["status"] not in FINAL_STATUSES:
+        seen = f"last seen {target['last_seen']}" if target.get("last_seen") else "never connected"
+        click.echo(
+            f"device {target['name']!r} ({target['id']}) is offline ({seen}): task {task['id']} waits in the "
+            f"queue until the device connects, or until it expires at {task.get('expires_at') or '-'}. "
+            "Waiting for it; Ctrl-C stops waiting and leaves the task queued (--no-wait returns at once).",
+            err=True,
+        )
     if not wait:
         if output == "json":
             print_json(task)
@@ -423,7 +439,9 @@ def tasks_ls(relay_url: str | None, profile: str, output: str, device: str | Non
     if output == "json":
         print_json(tasks)
         return
-    rows = [[t["id"], t["device_id"], t["action"], t["status"], t["risk"]["level"], t["created_at"]] for t in tasks]
+    names = {d["id"]: d["name"] for d in session.pages("/devices")} if tasks else {}
+    rows = [[t["id"], device_label(names, t["device_id"]), t["action"], t["status"], t["risk"]["level"],
+             t["created_at"]] for t in tasks]
     print_table(["ID", "DEVICE", "ACTION", "STATUS", "RISK", "CREATED"], rows, "No tasks.")
 
 

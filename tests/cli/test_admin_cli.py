@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -316,6 +317,46 @@ def test_bad_input_gives_clear_errors(cli: Cli, org: tuple[Api, dict[str, Any]],
     missing_task = cli("tasks", "show", "tsk_00000000000000000000000000")
     assert missing_task.returncode == 1
     assert "relay refused: 404 Not found" in missing_task.stderr
+
+
+def test_running_a_task_on_an_offline_device_says_so_before_waiting(
+    cli: Cli, org: tuple[Api, dict[str, Any]], agent_factory: Any
+) -> None:
+    _agent, device_id, sandbox = agent_factory("napping", org[0])  # enrolled, never started
+    name = cli.json("devices", "show", device_id)["name"]
+    argv = [*coact_command("tasks", "run", device_id, "file.stat", "--param", f"path={sandbox}",
+                           "--relay", cli.url)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COACT_")}
+    with subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          env={**env, **TEST_ENV, **cli.env}) as waiting:
+        assert waiting.stderr is not None
+        # The first thing it says, before any wait (a silent wait would block here).
+        readable, _, _ = select.select([waiting.stderr], [], [], 30)
+        said = waiting.stderr.readline() if readable else ""
+        waiting.send_signal(signal.SIGINT)
+        _out, rest = waiting.communicate(timeout=30)
+    assert f"device {name!r} ({device_id}) is offline (never connected)" in said
+    assert "waits in the queue until the device connects" in said
+    assert "--no-wait" in said
+    assert waiting.returncode == 1
+    assert "stopped waiting" in rest
+    queued = cli.json("tasks", "ls", "--device", device_id)
+    assert [t["status"] for t in queued] == ["queued"]
+
+
+def test_tasks_ls_names_devices_and_filters_only_statuses_that_occur(
+    cli: Cli, org: tuple[Api, dict[str, Any]], agent_factory: Any
+) -> None:
+    _agent, device_id, sandbox = agent_factory("shelf", org[0])
+    name = cli.json("devices", "show", device_id)["name"]
+    cli.json("tasks", "run", device_id, "file.stat", "--no-wait", "--param", f"path={sandbox}")
+    rows = cli("tasks", "ls", check=True).stdout.splitlines()
+    assert f"{name} ({device_id})" in rows[1]
+    reserved = cli("tasks", "ls", "--status", "awaiting_approval")
+    assert reserved.returncode == 2  # not offered: no task reaches it yet
+    help_text = cli("tasks", "ls", "--help", relay=False, check=True).stdout
+    assert "timed_out" in help_text
+    assert "approved" not in help_text
 
 
 def test_no_wait_then_cancel(cli: Cli, org: tuple[Api, dict[str, Any]], agent_factory: Any) -> None:
