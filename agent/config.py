@@ -84,11 +84,17 @@ class DataDir:
                   "agent.db-shm", "agent.db-journal", "state.json")
 
     def protected_paths(self) -> tuple[str, ...]:
-        """Real paths of the agent's own files: the directory, and each file in case it
+        """Real paths of the agent's own files: the directory, and any of its files that
         is a symlink to elsewhere (an admin's /etc/coact/policy.toml). Resolved now, so a
-        relative --data-dir or one reached through a symlink means the same later."""
-        paths = [os.path.realpath(self.path)]
-        paths += (os.path.realpath(self.path / name) for name in self._OWN_FILES)
+        relative --data-dir or one reached through a symlink means the same later.
+        Files inside the directory are covered by it: listing each would cost every file
+        action a realpath and a stat apiece."""
+        home = os.path.realpath(self.path)
+        paths = [home]
+        for name in self._OWN_FILES:
+            real = os.path.realpath(self.path / name)
+            if not _within(real, home):
+                paths.append(real)
         return tuple(dict.fromkeys(paths))
 
     def policy(self) -> Policy:

@@ -177,13 +177,17 @@ def _resolve_guard(paths: tuple[str, ...]) -> _Guard:
         identities.add((st.st_dev, st.st_ino))
         if not stat.S_ISDIR(st.st_mode):
             continue
-        with suppress(OSError), os.scandir(resolved) as entries:
-            for count, entry in enumerate(entries):
-                if count >= _MAX_PROTECTED_ENTRIES:
-                    break
-                with suppress(OSError):
+        try:
+            with os.scandir(resolved) as entries:
+                for count, entry in enumerate(entries):
+                    if count >= _MAX_PROTECTED_ENTRIES:
+                        break
+                    # A real lstat, not readdir's d_ino: overlay file systems may report
+                    # a different number there than stat does.
                     inner = entry.stat(follow_symlinks=False)
                     identities.add((inner.st_dev, inner.st_ino))
+        except OSError:
+            pass  # unreadable now: the real-path comparison still holds
     return _Guard(tuple(real), frozenset(identities))
 
 

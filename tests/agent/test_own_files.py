@@ -67,10 +67,27 @@ def setup(tmp_path: Path) -> Setup:
     return Setup(tmp_path)
 
 
-def test_the_loaded_policy_carries_the_real_paths_of_the_agents_files(setup: Setup) -> None:
-    assert setup.policy.files.protected[0] == os.path.realpath(setup.data)
-    assert os.path.realpath(setup.data / "agent.db-wal") in setup.policy.files.protected
-    assert os.path.realpath(setup.data / "agent.db-shm") in setup.policy.files.protected
+def test_the_loaded_policy_carries_the_real_path_of_the_data_dir(setup: Setup) -> None:
+    assert setup.policy.files.protected == (os.path.realpath(setup.data),)
+
+
+def test_an_own_file_that_links_elsewhere_is_protected_where_it_is(tmp_path: Path) -> None:
+    # An admin may keep the policy in /etc/coact and link it into the data directory.
+    sandbox, data = tmp_path / "sandbox", tmp_path / "agent"
+    (sandbox / "etc").mkdir(parents=True)
+    data.mkdir()
+    (sandbox / "etc" / "policy.toml").write_text("version = 1\n")
+    (data / "policy.toml").symlink_to(sandbox / "etc" / "policy.toml")
+    policy = bind_protected(parse_policy(render_sandbox_policy(str(sandbox))), DataDir(data))
+    assert str(sandbox / "etc" / "policy.toml") in policy.files.protected
+    for action, params in [("file.read", {"path": f"{sandbox}/etc/policy.toml"}),
+                           ("file.write", {"path": f"{sandbox}/etc/policy.toml", "content": "x", "overwrite": True}),
+                           ("file.delete", {"path": f"{sandbox}/etc", "recursive": True})]:
+        with pytest.raises(ActionError) as info:
+            asyncio.run(execute(action, params, policy))
+        assert info.value.code == "protected", (action, info.value.message)
+    entries = asyncio.run(execute("file.list", {"path": f"{sandbox}/etc"}, policy))["entries"]
+    assert entries == []
 
 
 @pytest.mark.parametrize("name", ["device.key", "policy.toml", "agent.db", "agent.db-wal", "state.json"])
