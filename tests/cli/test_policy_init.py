@@ -4,13 +4,14 @@ own files, or that someone else could change (issue 14, finding 2). Real process
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from coact.agent.config import DataDir, Identity
 from coact.shared import keys
-from tests.harness import run_cli
+from tests.harness import TEST_ENV, coact_command, run_cli
 
 
 def init(sandbox: Path | str, data: Path) -> tuple[int, str]:
@@ -102,3 +103,16 @@ def test_agent_start_refuses_a_policy_others_could_change(tmp_path: Path, what: 
     code, out = start(data)
     assert code == 1, out
     assert "writable by group or others" in out, out
+
+
+def test_init_judges_a_relative_data_dir_and_sandbox_by_their_real_paths(tmp_path: Path) -> None:
+    (tmp_path / "home").mkdir()
+    (tmp_path / "dd").symlink_to(tmp_path / "home")
+    for sandbox, data in [(".", "agent"), ("home", "dd/agent"), ("dd", "home/agent")]:
+        result = subprocess.run(
+            coact_command("policy", "init", "--sandbox", sandbox, "--data-dir", data),
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, env={**os.environ, **TEST_ENV},
+        )
+        assert result.returncode != 0, (sandbox, data, result.stdout)
+        assert "contains the agent's own" in result.stderr, result.stderr
+    assert not list(tmp_path.rglob("policy.toml"))
