@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from coact.agent.config import DataDir, Identity, write_atomic
+from coact.agent.config import DataDir, Identity, root_conflicts, root_problems, write_atomic
 from coact.agent.errors import AgentError, RevokedError
 from coact.shared import keys
 from coact.shared.clock import to_rfc3339, utc_now
@@ -177,12 +177,20 @@ def policy_init(sandbox: Path, data_dir: Path, force: bool) -> None:
     directory = DataDir(data_dir)
     if directory.policy_path.exists() and not force:
         fail(f"{directory.policy_path} exists; pass --force to replace it")
-    sandbox.mkdir(parents=True, exist_ok=True)
     try:
         text = render_sandbox_policy(str(sandbox.resolve()))
-        parse_policy(text)
+        policy = parse_policy(text)
     except PolicyError as exc:
         fail(str(exc))
+    # Checked before mkdir, so a refused sandbox inside the data directory is not created.
+    if problems := root_conflicts(policy, directory):
+        fail(f"refusing --sandbox {sandbox}: {'; '.join(problems)}. The sandbox must be a directory that "
+             "neither contains the agent's data directory nor lies inside it, and is not /")
+    # Never group- or other-writable, whatever the umask: the agent refuses such a root.
+    sandbox.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if problems := root_problems(policy, directory):
+        fail(f"refusing --sandbox {sandbox}: {'; '.join(problems)}. Fix the ownership or permissions (chown/chmod), "
+             "or choose another directory")
     directory.ensure()
     write_atomic(directory.policy_path, text.encode(), mode=0o600)
     click.echo(f"Wrote {directory.policy_path}: file actions allowed under {sandbox.resolve()} only.")

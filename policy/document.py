@@ -21,7 +21,7 @@ from typing import Any, Literal, cast
 
 from coact.policy.actions import ACTIONS
 from coact.policy.errors import PolicyError
-from coact.policy.paths import path_problem
+from coact.policy.paths import path_problem, whole_file_system
 
 Effect = Literal["allow", "deny", "require_approval"]
 EFFECTS: tuple[Effect, ...] = ("allow", "deny", "require_approval")
@@ -42,6 +42,10 @@ class FileAccess:
     read_roots: tuple[str, ...] = ()
     write_roots: tuple[str, ...] = ()
     max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES
+    # Not a key of the document: the agent sets it when it loads the policy, to the
+    # paths of its own files (data directory), which no action may reach whatever the
+    # roots say. A policy cannot name, widen or clear it.
+    protected: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,7 @@ def _parse_files(raw: Any) -> FileAccess:
     for key in ("read_roots", "write_roots"):
         values = _string_list(f"files.{key}", table.get(key, []))
         for i, root in enumerate(values):
-            problem = path_problem(root)
+            problem = path_problem(root) or whole_file_system(root)
             if problem is not None:
                 raise PolicyError(f"files.{key}[{i}]: {problem}")
         roots[key] = values
@@ -226,7 +230,7 @@ def render_sandbox_policy(sandbox_dir: str) -> str:
     every path outside it, is denied. Raises PolicyError if ``sandbox_dir`` is not an
     acceptable absolute path.
     """
-    problem = path_problem(sandbox_dir)
+    problem = path_problem(sandbox_dir) or whole_file_system(sandbox_dir)
     if problem is not None:
         raise PolicyError(f"sandbox directory: {problem}")
     root = _toml_string(sandbox_dir)

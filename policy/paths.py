@@ -67,6 +67,20 @@ def path_problem(path: str) -> str | None:
     return None
 
 
+def whole_file_system(path: str) -> str | None:
+    """Why ``path`` is refused as a root for being a whole file system (``/``, ``C:\\``,
+    a bare UNC share), or ``None``. Such a root holds every secret on the device,
+    the agent's own key among them, so it is never a sandbox.
+    """
+    parts = components(path)
+    if parts is None:
+        return None
+    kind, names = parts
+    if len(names) == (0 if kind == "posix" else 1):
+        return f"{path!r} is a whole file system; give a directory that holds only what actions may touch"
+    return None
+
+
 def components(path: str) -> tuple[Flavor, tuple[str, ...]] | None:
     """The flavour and normalised components of ``path`` (``None`` if unacceptable).
 

@@ -29,7 +29,7 @@ def _files(action: str, params: Mapping[str, Any], policy: Policy, cancel: threa
 
     roots = FileRoots(
         read=policy.files.read_roots, write=policy.files.write_roots,
-        max_write_bytes=policy.files.max_write_bytes,
+        max_write_bytes=policy.files.max_write_bytes, protected=policy.files.protected,
     )
     return run_file_action(action, params, roots, cancel)
 

@@ -10,6 +10,8 @@ result next to the human-readable message. The file executors use:
     outside_roots    the path is not under an allowed read/write root
     root_refused     the action would delete, move or replace an allowed root itself
     symlink_refused  a symbolic link was met below an allowed root
+    protected        the action would reach the agent's own files (data dir, key, db, policy)
+    root_unsafe      the root is owned by another user or writable by group or others
     not_found        the path (or its parent directory) does not exist
     exists           the destination exists and overwrite was not requested
     is_directory     a file was expected, a directory was found

@@ -17,6 +17,17 @@ Safety model (see ``docs/actions/files.md`` for the user-facing version):
 * Writes go to a temporary file in the destination directory (created through the
   directory fd with ``O_EXCL | O_NOFOLLOW``), are fsynced and renamed into place;
   the temporary file is removed on every error path.
+* The agent's own files (``FileRoots.protected``: its data directory, with the key,
+  the journal and outbox database and the policy) are out of reach whatever the
+  roots say. A target whose real path (root realpath plus components, which cannot
+  hide a symlink) lies in a protected directory is refused before any I/O, and every
+  object an action opens, stats, lists, replaces or removes is compared by
+  ``(st_dev, st_ino)`` with the protected directories and the entries directly in
+  them, which catches what a path comparison cannot: case variants on case-blind
+  file systems, bind mounts and hard links to the key. A directory action whose
+  tree contains a protected directory (recursive delete, move) is refused whole.
+* Each root, when opened, must be owned by the agent's user or root and not be
+  writable by group or others: a root someone else controls is not confinement.
 
 Only POSIX systems with ``openat``-style ``dir_fd`` support (Linux, macOS, the BSDs)
 are supported. Elsewhere (Windows) every action fails with code ``unsupported``.
@@ -86,10 +97,12 @@ class FileRoots:
     read: tuple[str, ...]
     write: tuple[str, ...]
     max_write_bytes: int = 10 * 1024 * 1024
+    # Absolute paths no action may reach, nor anything below them (module docs).
+    protected: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Roots are configuration: fail loudly at construction, not on first use.
-        for name in ("read", "write"):
+        for name in ("read", "write", "protected"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise ValueError(f"FileRoots.{name} must be a tuple of paths, not {value!r}")
@@ -109,11 +122,86 @@ class FileRoots:
 # --------------------------------------------------------------------------- paths
 
 
+# Protected directories may hold a few dozen entries; bound the scan anyway.
+_MAX_PROTECTED_ENTRIES = 4096
+
+
+@dataclass(frozen=True)
+class _Guard:
+    """The agent's own files, as one action sees them: real paths and identities."""
+
+    real: tuple[tuple[str, ...], ...] = ()  # realpath components of each protected path
+    identities: frozenset[tuple[int, int]] = frozenset()  # (st_dev, st_ino)
+
+    def covers(self, st: os.stat_result) -> bool:
+        return (st.st_dev, st.st_ino) in self.identities
+
+    def check(self, st: os.stat_result | None, shown: str) -> None:
+        if st is not None and self.covers(st):
+            raise _protected(shown)
+
+    def check_at(self, parent_fd: int, name: str, shown: str) -> None:
+        self.check(_lstat_at(parent_fd, name), shown)
+
+    def check_real(self, real: tuple[str, ...], shown: str) -> None:
+        """Refuse a path lying in (or equal to) a protected path, judged on real components."""
+        if any(real[: len(guarded)] == guarded for guarded in self.real):
+            raise _protected(shown)
+
+    def check_tree(self, real: tuple[str, ...], shown: str) -> None:
+        """Refuse a directory action on ``real`` whose tree would contain a protected path."""
+        if any(guarded[: len(real)] == real for guarded in self.real):
+            raise ActionError(
+                "protected", f"{shown} contains the agent's own files; it is refused whatever the policy says"
+            )
+
+
+def _protected(shown: str) -> ActionError:
+    return ActionError(
+        "protected", f"{shown} is one of the agent's own files; no action may reach it, whatever the policy says"
+    )
+
+
+def _resolve_guard(paths: tuple[str, ...]) -> _Guard:
+    """Resolve the protected paths now, once per action: their real paths, and the
+    identities of each and of the entries directly in it (for hard links to the key)."""
+    real: list[tuple[str, ...]] = []
+    identities: set[tuple[int, int]] = set()
+    for path in paths:
+        resolved = os.path.realpath(path)
+        real.append(_split(resolved))
+        try:
+            st = os.stat(resolved, follow_symlinks=False)
+        except OSError:
+            continue  # not there (yet): the real-path comparison still holds
+        identities.add((st.st_dev, st.st_ino))
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        try:
+            with os.scandir(resolved) as entries:
+                for count, entry in enumerate(entries):
+                    if count >= _MAX_PROTECTED_ENTRIES:
+                        break
+                    # A real lstat, not readdir's d_ino: overlay file systems may report
+                    # a different number there than stat does.
+                    inner = entry.stat(follow_symlinks=False)
+                    identities.add((inner.st_dev, inner.st_ino))
+        except OSError:
+            pass  # unreadable now: the real-path comparison still holds
+    return _Guard(tuple(real), frozenset(identities))
+
+
 @dataclass(frozen=True)
 class _Root:
     configured: str  # as the admin wrote it, for messages
     real: str  # realpath, what we open
     spellings: tuple[tuple[str, ...], ...]  # components a request may start with
+    guard: _Guard = _Guard()  # the agent's own files, which no path below this root may reach
+
+    def real_parts(self, rel: tuple[str, ...]) -> tuple[str, ...]:
+        """Real components of ``rel`` below this root: below the root no symlink is
+        ever followed, so the root's realpath plus the components is the object."""
+        return _split(self.real) + rel
 
 
 @dataclass(frozen=True)
@@ -130,6 +218,10 @@ class _Target:
     @property
     def parent_shown(self) -> str:
         return _display(self.parts[:-1])
+
+    @property
+    def real(self) -> tuple[str, ...]:
+        return self.root.real_parts(self.rel)
 
 
 @dataclass(frozen=True)
@@ -178,7 +270,7 @@ def _parse_path(value: object, label: str = "path") -> tuple[str, ...]:
     return parts
 
 
-def _resolve_roots(paths: tuple[str, ...]) -> tuple[_Root, ...]:
+def _resolve_roots(paths: tuple[str, ...], guard: _Guard) -> tuple[_Root, ...]:
     resolved = []
     for configured in paths:
         real = os.path.realpath(configured)
@@ -189,7 +281,7 @@ def _resolve_roots(paths: tuple[str, ...]) -> tuple[_Root, ...]:
         if ".." not in _split(configured):
             spellings.add(_split(configured))
         ordered = tuple(sorted(spellings, key=len, reverse=True))
-        resolved.append(_Root(configured=configured, real=real, spellings=ordered))
+        resolved.append(_Root(configured=configured, real=real, spellings=ordered, guard=guard))
     return tuple(resolved)
 
 
@@ -220,7 +312,10 @@ def _locate(value: object, label: str, roots: tuple[_Root, ...], kind: str) -> _
         listed = ", ".join(root.configured for root in roots)
         raise ActionError("outside_roots", f"{path} is outside the allowed {kind} roots ({listed})")
     root, depth = found
-    return _Target(path=path, parts=parts, root=root, rel=parts[depth:])
+    target = _Target(path=path, parts=parts, root=root, rel=parts[depth:])
+    # Before any I/O: also refuses a file not yet there (a write into the data dir).
+    root.guard.check_real(target.real, path)
+    return target
 
 
 def _is_root(parts: tuple[str, ...], roots: tuple[_Root, ...]) -> bool:
@@ -302,7 +397,7 @@ def _open_root(root: _Root) -> int:
     # The root is trusted and was resolved with realpath; O_NOFOLLOW still catches a
     # final component swapped for a symlink since then.
     try:
-        return os.open(root.real, _DIR_FLAGS)
+        fd = os.open(root.real, _DIR_FLAGS)
     except FileNotFoundError as exc:
         raise ActionError(
             "not_found", f"the allowed root {root.configured} does not exist"
@@ -313,6 +408,19 @@ def _open_root(root: _Root) -> int:
                 "not_directory", f"the allowed root {root.configured} is not a directory"
             ) from exc
         raise _os_error(exc, root.configured) from exc
+    try:
+        st = os.fstat(fd)
+        root.guard.check(st, root.configured)
+        if st.st_uid not in (os.geteuid(), 0) or st.st_mode & 0o022:
+            raise ActionError(
+                "root_unsafe",
+                f"the allowed root {root.configured} must be owned by the agent's user or root and "
+                "not be writable by group or others",
+            )
+    except BaseException:
+        _close(fd)
+        raise
+    return fd
 
 
 def _open_dir_at(parent_fd: int, name: str, shown: str) -> int:
@@ -330,6 +438,8 @@ def _walk(target: _Target, depth: int) -> int:
             child = _open_dir_at(fd, name, target.shown(index))
             os.close(fd)
             fd = child
+            # The directory we now hold, not its name: catches case variants and mounts.
+            target.root.guard.check(os.fstat(fd), target.shown(index))
     except BaseException:
         _close(fd)
         raise
@@ -375,6 +485,9 @@ def _open_regular(target: _Target) -> tuple[int, os.stat_result]:
             raise _explain(exc, parent, target.rel[-1], target.path) from exc
     # fstat the fd we hold, not the name: this is the object we will actually read.
     st = os.fstat(fd)
+    if target.root.guard.covers(st):  # a hard link to the key, say
+        _close(fd)
+        raise _protected(target.path)
     if stat.S_ISREG(st.st_mode):
         return fd, st
     _close(fd)
@@ -516,6 +629,7 @@ def _place(
         )
     try:
         with _parent_dir(target) as parent:
+            target.root.guard.check_at(parent, target.rel[-1], target.path)
             return _place_at(
                 parent,
                 target.rel[-1],
@@ -623,6 +737,8 @@ def _file_list(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed while we were listing
+            if target.root.guard.covers(st):
+                continue  # the agent's own files are not revealed, not even by name
             path = _join(shown, name)
             entries.append(
                 {
@@ -643,7 +759,8 @@ def _file_list(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                 except OSError:
                     continue  # listed, but not descended into (gone, swapped or unreadable)
                 try:
-                    walk(child, path, depth + 1)
+                    if not target.root.guard.covers(os.fstat(child)):  # swapped since the stat
+                        walk(child, path, depth + 1)
                 finally:
                     os.close(child)
                 if truncated:
@@ -658,11 +775,12 @@ def _file_stat(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
     target = _locate(params.get("path"), "path", roots.read, "read")
     if not target.rel:
         with _directory(target) as fd:
-            st = os.fstat(fd)
+            st = os.fstat(fd)  # the root: _open_root already checked it against the guard
     else:
         with _parent_dir(target) as parent:
             # lstat semantics: a final symlink is reported as such, never followed.
             st_or_none = _lstat_at(parent, target.rel[-1])
+        target.root.guard.check(st_or_none, target.path)
         if st_or_none is None:
             raise ActionError("not_found", f"{target.path} does not exist")
         st = st_or_none
@@ -759,9 +877,11 @@ def _file_move(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         )
     if not dst.rel or _is_root(dst.parts, roots.all):
         raise ActionError("root_refused", f"{dst.path} is an allowed root and cannot be replaced")
+    src.root.guard.check_tree(src.real, src.path)
     with _parent_dir(src) as src_fd, _parent_dir(dst) as dst_fd:
         sname, dname = src.rel[-1], dst.rel[-1]
         st = _lstat_at(src_fd, sname)
+        src.root.guard.check(st, src.path)
         if st is None:
             raise ActionError("not_found", f"{src.path} does not exist")
         if stat.S_ISLNK(st.st_mode):
@@ -770,6 +890,7 @@ def _file_move(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         if not is_dir and not stat.S_ISREG(st.st_mode):
             raise ActionError("not_regular", f"{src.path} is not a regular file or directory")
         dst_st = _lstat_at(dst_fd, dname)
+        dst.root.guard.check(dst_st, dst.path)
         if dst_st is not None:
             if stat.S_ISLNK(dst_st.st_mode):
                 raise _symlink_refused(dst.path)
@@ -827,8 +948,12 @@ def _move_across_devices(
         raise _os_error(exc, f"{src.path} (copied to {dst.path} but not removed)") from exc
 
 
-def _delete_tree(dir_fd: int, shown: str, depth: int) -> int:
-    """Delete everything inside the directory ``dir_fd``; return how many entries went."""
+def _delete_tree(dir_fd: int, shown: str, depth: int, guard: _Guard) -> int:
+    """Delete everything inside the directory ``dir_fd``; return how many entries went.
+
+    ``guard`` is met here only by routes a path comparison cannot see (a bind mount, a
+    hard link to the key): the action stops there, leaving the rest in place.
+    """
     if depth > MAX_DEPTH:
         raise ActionError(
             "too_deep", f"{shown} is nested deeper than {MAX_DEPTH} levels; not deleted"
@@ -845,6 +970,7 @@ def _delete_tree(dir_fd: int, shown: str, depth: int) -> int:
                 continue
             if exc.errno not in _SYMLINK_ERRNOS:
                 raise _os_error(exc, path) from exc
+            guard.check_at(dir_fd, name, path)
             try:
                 os.unlink(name, dir_fd=dir_fd)
             except FileNotFoundError:
@@ -854,7 +980,8 @@ def _delete_tree(dir_fd: int, shown: str, depth: int) -> int:
             count += 1
             continue
         try:
-            count += _delete_tree(child, path, depth + 1)
+            guard.check(os.fstat(child), path)
+            count += _delete_tree(child, path, depth + 1, guard)
         finally:
             os.close(child)
         try:
@@ -874,9 +1001,11 @@ def _file_delete(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         raise ActionError(
             "root_refused", f"{target.path} contains the allowed root {inner}; not deleted"
         )
+    target.root.guard.check_tree(target.real, target.path)
     name = target.rel[-1]
     with _parent_dir(target) as parent:
         st = _lstat_at(parent, name)
+        target.root.guard.check(st, target.path)
         if st is None:
             raise ActionError("not_found", f"{target.path} does not exist")
         try:
@@ -896,7 +1025,7 @@ def _file_delete(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                     raise
                 return {"path": target.path, "deleted": 1}
             with _directory(target) as fd:
-                count = _delete_tree(fd, target.path, 1)
+                count = _delete_tree(fd, target.path, 1, target.root.guard)
             os.rmdir(name, dir_fd=parent)
         except OSError as exc:
             raise _os_error(exc, target.path) from exc
@@ -950,9 +1079,10 @@ def run_file_action(
             "unsupported",
             "file actions need POSIX directory-fd support (Linux, macOS); this platform is not supported yet",
         )
+    guard = _resolve_guard(roots.protected)
     resolved = _Roots(
-        read=_resolve_roots(roots.read),
-        write=_resolve_roots(roots.write),
+        read=_resolve_roots(roots.read, guard),
+        write=_resolve_roots(roots.write, guard),
         max_write_bytes=roots.max_write_bytes,
         cancel=cancel or threading.Event(),
     )

@@ -157,3 +157,21 @@ def test_sandbox_policy_round_trips(sandbox: str) -> None:
 def test_sandbox_policy_needs_an_absolute_dir(bad: str) -> None:
     with pytest.raises(PolicyError, match="^sandbox directory: "):
         render_sandbox_policy(bad)
+
+
+WHOLE_FILE_SYSTEMS = ["/", "///", "/..", "/tmp/..", "C:\\", "c:/", "\\\\server\\share"]
+
+
+@pytest.mark.parametrize("root", WHOLE_FILE_SYSTEMS)
+@pytest.mark.parametrize("key", ["read_roots", "write_roots"])
+def test_a_whole_file_system_is_never_a_root(root: str, key: str) -> None:
+    # Such a root holds the agent's own key and policy (issue 14, finding 2).
+    toml_root = root.replace("\\", "\\\\")
+    with pytest.raises(PolicyError, match=rf"^files\.{key}\[1\]: .* is a whole file system"):
+        parse_policy(f'version = 1\n[files]\n{key} = ["/srv/ok", "{toml_root}"]\n')
+
+
+@pytest.mark.parametrize("root", WHOLE_FILE_SYSTEMS)
+def test_sandbox_policy_refuses_a_whole_file_system(root: str) -> None:
+    with pytest.raises(PolicyError, match="^sandbox directory: .* is a whole file system"):
+        render_sandbox_policy(root)
