@@ -40,9 +40,10 @@ def coact_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from coact.cli.main import main; main()", *args]
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: Mapping[str, str] | None = None, check: bool = True, timeout: float = 60,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        coact_command(*args), capture_output=True, text=True, timeout=timeout,
+        coact_command(*args), capture_output=True, text=True, timeout=timeout, input=input_text,
         env={**os.environ, **TEST_ENV, **(env or {})},
     )
     if check and result.returncode != 0:
