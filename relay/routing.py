@@ -168,14 +168,30 @@ def _serialize(route: Route, result: Any) -> web.StreamResponse:
     return web.Response(text=text, status=route.status, content_type="application/json")
 
 
+def _path_params(path: str) -> list[str]:
+    return [segment[1:-1] for segment in path.split("/") if segment.startswith("{") and segment.endswith("}")]
+
+
+def resource_name(path: str, param: str) -> str:
+    """What a path parameter names, for "no such ...": ``{device_id}`` is a device, and
+    a bare ``{id}`` is what the segment before it lists (``/tasks/{id}``: a task)."""
+    if param != "id":
+        return param.removesuffix("_id").replace("_", " ")
+    segments = path.split("/")
+    listed = segments[segments.index("{id}") - 1]
+    return listed.removesuffix("s").replace("-", " ")
+
+
 def bind(route: Route, authenticate: Authenticator) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap a handler: check the path ids, authorise, validate input, serialise output."""
+
+    missing = {name: resource_name(route.path, name) for name in _path_params(route.path)}
 
     async def endpoint(request: web.Request) -> web.StreamResponse:
         for name, value in request.match_info.items():
             if name.endswith("id") and not ID_PATTERN.match(value):
                 # Malformed ids (traversal attempts included) are simply absent.
-                raise NotFound("no such resource" if name == "id" else f"no such {name.removesuffix('_id')}")
+                raise NotFound(f"no such {missing[name]}")
         principal = await authenticate(request, route.access)
         if route.access.kind != "public":
             if principal is None:

@@ -317,6 +317,10 @@ def test_bad_input_gives_clear_errors(cli: Cli, org: tuple[Api, dict[str, Any]],
     missing_task = cli("tasks", "show", "tsk_00000000000000000000000000")
     assert missing_task.returncode == 1
     assert "relay refused: 404 Not found" in missing_task.stderr
+    assert "no such task" in missing_task.stderr
+    bogus_task = cli("tasks", "show", "tsk_bogus")
+    assert bogus_task.returncode == 1
+    assert "no such task" in bogus_task.stderr
 
 
 def test_running_a_task_on_an_offline_device_says_so_before_waiting(

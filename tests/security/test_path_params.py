@@ -63,3 +63,22 @@ def test_bad_path_parameter_is_404_with_a_token_too(relay: Relay, route: Route, 
     path = route.path.replace("{id}", value)
     status, _headers, body = _raw(relay, route.method, path, admin.token)
     assert status == 404, f"{route.method} {path} -> {status} {body[:200]!r}"
+
+
+# What each id route's "no such ..." names; a new route with an {id} is added here.
+MISSING = {
+    "/api/v1/devices/enrollment-codes/{id}/revoke": "no such enrollment code",
+    "/api/v1/devices/{id}": "no such device",
+    "/api/v1/devices/{id}/revoke": "no such device",
+    "/api/v1/tasks/{id}": "no such task",
+    "/api/v1/tasks/{id}/cancel": "no such task",
+    "/api/v1/admin/users/{id}": "no such user",
+}
+
+
+@pytest.mark.parametrize("route", [r for r in PARAM_ROUTES if "{id}" in r.path], ids=_rid)
+def test_a_malformed_id_answers_which_kind_of_thing_is_missing(relay: Relay, route: Route) -> None:
+    """"no such task", not "no such resource" (issue 15)."""
+    status, _headers, body = _raw(relay, route.method, route.path.replace("{id}", "tsk_bogus"))
+    assert status == 404
+    assert json.loads(body)["detail"] == MISSING[route.path]
