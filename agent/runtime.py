@@ -175,11 +175,13 @@ class Agent:
         self.store = store or AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
         self.runner = TaskRunner(self.store, self.policy, self.clock)
         self.audit_wakeup = asyncio.Event()
+        self.heartbeat_wakeup = asyncio.Event()  # the disk-full state changed: say so now
         self.rng = random.Random()
         self.connected = False
         self.last_error: str | None = None
         # Lifecycle records a full disk kept from the outbox, written first once it has room.
         self.unwritten: list[tuple[str, dict[str, Any], str]] = []
+        self.reported_full: str | None = None  # the disk-full state the last heartbeat carried
 
     async def audit(self, kind: str, data: dict[str, Any]) -> None:
         """Append a lifecycle record. A full disk holds it in memory (up to
@@ -363,6 +365,8 @@ class Agent:
             self.audit_wakeup.set()
             if result is not None:
                 await link.ws.send(encode(TaskResult(**result)))
+            if self.store.full != self.reported_full:
+                self.heartbeat_wakeup.set()
         except ConnectionClosed:
             pass  # a journaled result is sent again by the next session (_serve)
         except Exception:
@@ -375,11 +379,14 @@ class Agent:
         while True:
             figures = await self._telemetry()
             figures["pending_audit"] = await self.store.call(self.store.pending_count)
-            if self.store.full is not None:
-                figures["disk_full"] = self.store.full  # tasks are refused until it clears
+            self.reported_full = self.store.full
+            if self.reported_full is not None:
+                figures["disk_full"] = self.reported_full  # tasks are refused until it clears
             await link.ws.send(encode(Heartbeat(telemetry=figures)))
             self._write_state()
-            await asyncio.sleep(self.options.heartbeat_s)
+            self.heartbeat_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.heartbeat_wakeup.wait(), self.options.heartbeat_s)
 
     async def _audit_loop(self, link: _Link) -> None:
         device_id = self.identity.device_id

@@ -23,7 +23,7 @@ those records or that result again, which the relay recognises and acknowledges
 again; a crash of the process alone loses nothing, since the operating system holds
 the write.
 A write the disk has no room for (SQLite's SQLITE_FULL: the disk, a quota, or the
-database's page limit) writes nothing and raises :class:`~coact.agent.errors.DiskFullError`;
+database's page limit; SQLITE_IOERR_WRITE: a file-size limit or a failing disk) writes nothing and raises :class:`~coact.agent.errors.DiskFullError`;
 :attr:`AgentStore.full` says so until a write succeeds again.
 All methods are synchronous and thread-safe (one connection behind a lock); the
 asyncio side calls them through :meth:`AgentStore.call`.
@@ -171,9 +171,14 @@ class AgentStore:
             with self._db.atomic():
                 yield
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_FULL:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_IOERR_WRITE:
+                # What a write past a file-size limit (EFBIG) or a failing disk gives;
+                # SQLite rolls back, and the same connection writes again once it can.
+                self.full = f"disk full or failing: the agent database {self.path} refused a write ({exc})"
+            elif exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                self.full = f"disk full: the agent database {self.path} cannot grow ({exc})"
+            else:
                 raise
-            self.full = f"disk full: the agent database {self.path} cannot grow ({exc})"
             raise DiskFullError(self.full) from exc
         self.full = None
 
