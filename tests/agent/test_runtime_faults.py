@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from coact.agent.config import DataDir, Identity
 from coact.agent.runtime import Agent, AgentOptions
@@ -34,6 +35,20 @@ HOSTILE_FRAMES: list[dict[str, Any]] = [
     {"type": "error", "code": "whatever", "detail": "x"},
     {"type": "welcome", "device_id": "someone else", "audit_seq": 0, "audit_hash": "0" * 64},
 ]
+
+
+def data_dir(tmp_path: Path, relay_key: Ed25519PrivateKey, device_key: Ed25519PrivateKey, relay_url: str,
+             sandbox: Path) -> DataDir:
+    """An enrolled agent's data directory, pinned to ``relay_key``."""
+    directory = DataDir(tmp_path / "agent")
+    directory.ensure()
+    directory.write_private_key(device_key)
+    relay_public = keys.public_key_b64(relay_key)
+    directory.write_identity(Identity(
+        device_id="dev_x", org_id="org_x", relay_url=relay_url, relay_public_key=relay_public,
+        relay_fingerprint=keys.fingerprint(relay_public), name="x", enrolled_at="2026-01-01T00:00:00Z"))
+    directory.policy_path.write_text(render_sandbox_policy(str(sandbox)))
+    return directory
 
 
 async def test_a_hostile_relay_cannot_stop_the_agent(tmp_path: Path) -> None:
@@ -83,14 +98,7 @@ async def test_a_hostile_relay_cannot_stop_the_agent(tmp_path: Path) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
-    directory = DataDir(tmp_path / "agent")
-    directory.ensure()
-    directory.write_private_key(device_key)
-    relay_public = keys.public_key_b64(relay_key)
-    directory.write_identity(Identity(
-        device_id="dev_x", org_id="org_x", relay_url=f"http://127.0.0.1:{port}", relay_public_key=relay_public,
-        relay_fingerprint=keys.fingerprint(relay_public), name="x", enrolled_at="2026-01-01T00:00:00Z"))
-    directory.policy_path.write_text(render_sandbox_policy(str(sandbox)))
+    directory = data_dir(tmp_path, relay_key, device_key, f"http://127.0.0.1:{port}", sandbox)
     agent = Agent(directory, options=AgentOptions(heartbeat_s=60))
     stop = asyncio.Event()
     running = asyncio.create_task(agent.run(stop))
@@ -112,3 +120,30 @@ async def test_a_hostile_relay_cannot_stop_the_agent(tmp_path: Path) -> None:
         await asyncio.wait_for(running, 20)
         agent.close()
         await runner.cleanup()
+
+
+async def test_lifecycle_records_a_full_disk_kept_out_are_written_when_it_has_room(tmp_path: Path) -> None:
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    directory = data_dir(tmp_path, keys.generate_private_key(), keys.generate_private_key(),
+                         "http://127.0.0.1:9", sandbox)
+    agent = Agent(directory)
+    store = agent.store
+    try:
+        pages = store._db.execute("PRAGMA page_count").fetchone()[0]
+        store._db.execute(f"PRAGMA max_page_count = {pages}")  # a real SQLITE_FULL from here on
+        before = store.audit_head()
+        for attempt in range(1, 4):  # each would need a new page: the record is bigger than one
+            await agent.audit("agent.reconnect", {"attempt": attempt, "error": "e" * 5000})
+        assert store.audit_head() == before  # nothing written, nothing raised
+        assert str(store.full).startswith("disk full")
+        store._db.execute("PRAGMA max_page_count = 1073741823")
+        await agent.audit("agent.stop", {})
+        records = store.pending_audit(100)[-4:]
+        assert [(r["kind"], r["data"].get("attempt")) for r in records] == [
+            ("agent.reconnect", 1), ("agent.reconnect", 2), ("agent.reconnect", 3), ("agent.stop", None)]
+        assert all("held_since" in r["data"] for r in records[:3])
+        assert "held_since" not in records[3]["data"]
+        assert store.full is None
+    finally:
+        agent.close()
