@@ -3,7 +3,8 @@
     CoactError (coact.shared.errors)
     ├── AgentError            local setup problem (not enrolled, damaged files, bad policy)
     │   ├── EnrollmentError   the relay refused enrollment or could not be reached
-    │   └── RevokedError      the relay says this device is revoked: stop, do not retry
+    │   ├── RevokedError      the relay says this device is revoked: stop, do not retry
+    │   └── DiskFullError     the agent's database cannot grow: refuse work until it can
     └── ActionError           (coact.agent.executors.errors) an action failed, with a code
 """
 
@@ -22,3 +23,8 @@ class EnrollmentError(AgentError):
 
 class RevokedError(AgentError):
     pass
+
+
+class DiskFullError(AgentError):
+    """SQLite answered SQLITE_FULL: nothing was written. The agent refuses new work
+    (it could not journal or audit it) and keeps serving until a write succeeds."""

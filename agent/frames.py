@@ -8,16 +8,26 @@ library: :func:`parse_relay_frame` checks the same constraints the models declar
 (required fields, types, lengths, bounds, no unknown fields, ``v`` of 1) and
 :func:`encode` writes the fields in the models' order. ``tests/agent/test_frames.py``
 holds the two to each other in both directions.
+
+It also checks more than the models do, so that what it lets through can be
+journaled, hashed and audited (decision 50): task and result ids are plain ids,
+actions are catalog-shaped names, ``expires_at`` is an RFC 3339 timestamp, params
+have a canonical JSON form (no integer beyond +-(2**53 - 1), no lone surrogate),
+sequence numbers are non-negative safe integers and every text is bounded. The relay
+never writes anything else; a frame that breaks one of these is refused as a whole.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
-from coact.shared.errors import ProtocolError
+from coact.shared.canonical import canonical_json
+from coact.shared.clock import from_rfc3339
+from coact.shared.errors import CanonicalizationError, ProtocolError
 from coact.shared.wire import PROTOCOL_VERSION, RELAY_MESSAGE_TYPES, check_frame_size
 
 # -- relay -> agent ----------------------------------------------------------------
@@ -177,10 +187,59 @@ def _text(min_length: int = 0, max_length: int | None = None) -> Check:
     return check
 
 
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def _integer(value: Any) -> int:
+    """A sequence number: every integer the relay sends is one."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise _Invalid("must be an integer")
+    if not 0 <= value <= _MAX_SAFE_INTEGER:
+        raise _Invalid(f"must be between 0 and {_MAX_SAFE_INTEGER}")
     return value
+
+
+def _pattern(regex: str, what: str) -> Check:
+    compiled = re.compile(regex)
+
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise _Invalid("must be a string")
+        if compiled.fullmatch(value) is None:
+            raise _Invalid(f"must be {what}")
+        return value
+
+    return check
+
+
+# Relay ids are "tsk_" and 26 base32 characters; tests and the simulator use other
+# plain ids, so the check is for the shape, not the prefix.
+_id = _pattern(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", "an id: letters, digits and _.:- (at most 64)")
+_action = _pattern(r"(?=.{1,64}\Z)[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*", "an action name such as file.read")
+_hash = _pattern(r"[0-9a-f]{64}", "64 lowercase hex digits")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _timestamp(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("must be a string")
+    if len(value) > 40 or _RFC3339.fullmatch(value) is None:
+        raise _Invalid("must be an RFC 3339 timestamp such as 2026-01-01T00:00:00Z")
+    try:
+        from_rfc3339(value)
+    except (ValueError, OverflowError) as exc:
+        raise _Invalid(f"must be an RFC 3339 timestamp ({exc})") from None
+    return value
+
+
+def _params(value: Any) -> dict[str, Any]:
+    """An object the agent can journal: it must have a canonical JSON form."""
+    params = _object(value)
+    try:
+        canonical_json(params)
+    except CanonicalizationError as exc:
+        raise _Invalid(f"has no canonical JSON form: {exc}") from None
+    return params
 
 
 def _optional(check: Check) -> Check:
@@ -229,11 +288,11 @@ def _read(value: Any, where: str, spec: Mapping[str, tuple[Check, Any]]) -> dict
 
 
 _TASK_SPEC: dict[str, tuple[Check, Any]] = {
-    "id": (_text(1, 64), _REQUIRED),
-    "action": (_text(1, 64), _REQUIRED),
-    "params": (_object, _REQUIRED),
+    "id": (_id, _REQUIRED),
+    "action": (_action, _REQUIRED),
+    "params": (_params, _REQUIRED),
     "timeout_s": (_timeout, _REQUIRED),
-    "expires_at": (_optional(_text()), None),
+    "expires_at": (_optional(_timestamp), None),
 }
 
 
@@ -246,11 +305,11 @@ _RELAY_MESSAGES: dict[str, tuple[type[RelayMessage], dict[str, tuple[Check, Any]
     "welcome": (Welcome, {"device_id": (_text(), _REQUIRED), "audit_seq": (_integer, _REQUIRED),
                           "audit_hash": (_text(), _REQUIRED)}),
     "task": (TaskMessage, {"task": (_task_spec, _REQUIRED)}),
-    "result_ack": (ResultAck, {"task_id": (_text(), _REQUIRED)}),
-    "audit_ack": (AuditAck, {"last_seq": (_integer, _REQUIRED), "head_hash": (_text(), _REQUIRED)}),
-    "audit_nack": (AuditNack, {"code": (_text(), _REQUIRED), "detail": (_text(), _REQUIRED),
+    "result_ack": (ResultAck, {"task_id": (_id, _REQUIRED)}),
+    "audit_ack": (AuditAck, {"last_seq": (_integer, _REQUIRED), "head_hash": (_hash, _REQUIRED)}),
+    "audit_nack": (AuditNack, {"code": (_text(0, 64), _REQUIRED), "detail": (_text(0, 65536), _REQUIRED),
                                "expected_seq": (_optional(_integer), None)}),
-    "error": (Error, {"code": (_text(), _REQUIRED), "detail": (_text(), _REQUIRED)}),
+    "error": (Error, {"code": (_text(0, 64), _REQUIRED), "detail": (_text(0, 65536), _REQUIRED)}),
 }
 
 

@@ -5,7 +5,11 @@ check the relay's signature against the pinned relay key, prove our own key, the
 run three loops until the socket closes — receive (tasks, acks), heartbeat
 (telemetry), and audit upload (one signed batch in flight at a time). Between
 connections: exponential backoff with full jitter, each reconnect audited. A
-revocation stops the agent for good.
+revocation stops the agent for good; nothing else does (decision 49): a failing task
+becomes that task's failed result (coact.agent.tasks), a frame that cannot be handled
+is logged and skipped, a session that fails for any reason is reconnected, and a full
+disk refuses new work (reported in heartbeats and ``coact agent status``) until a
+write succeeds again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from coact.agent import relay_client
 from coact.agent.config import DataDir, write_atomic
-from coact.agent.errors import AgentError, RevokedError
+from coact.agent.errors import AgentError, DiskFullError, RevokedError
 from coact.agent.executors.system import telemetry
 from coact.agent.frames import (
     AuditAck,
@@ -43,7 +47,7 @@ from coact.agent.frames import (
     encode,
     parse_relay_frame,
 )
-from coact.agent.store import AgentStore
+from coact.agent.store import AgentStore, AuditItem
 from coact.agent.tasks import TaskRunner
 from coact.shared import keys
 from coact.shared.chain import ChainHead, sign_batch
@@ -64,6 +68,8 @@ CLOSE_REVOKED = 4403
 # exceed the relay's frame limit and be refused on every retry. The rest of the frame
 # (type, signature) is under 200 bytes.
 AUDIT_BATCH_BYTES = MAX_FRAME_BYTES - 4096
+# Lifecycle records (reconnects, mostly) held in memory while the disk is full.
+MAX_UNWRITTEN_AUDIT = 1000
 
 
 @dataclass(frozen=True)
@@ -169,18 +175,41 @@ class Agent:
         self.store = store or AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
         self.runner = TaskRunner(self.store, self.policy, self.clock)
         self.audit_wakeup = asyncio.Event()
+        self.heartbeat_wakeup = asyncio.Event()  # the disk-full state changed: say so now
         self.rng = random.Random()
         self.connected = False
         self.last_error: str | None = None
+        # Lifecycle records a full disk kept from the outbox, written first once it has room.
+        self.unwritten: list[tuple[str, dict[str, Any], str]] = []
+        self.reported_full: str | None = None  # the disk-full state the last heartbeat carried
 
     async def audit(self, kind: str, data: dict[str, Any]) -> None:
-        await self.store.call(self.store.append_audit, kind, data)
+        """Append a lifecycle record. A full disk holds it in memory (up to
+        MAX_UNWRITTEN_AUDIT, oldest lost first, each loss logged) until a record fits
+        again, and then writes it first, with ``held_since``: the time it happened.
+        The agent goes on either way."""
+        self.unwritten.append((kind, data, to_rfc3339(self.clock.now())))
+        last = len(self.unwritten) - 1
+        items: list[AuditItem] = [
+            (k, d if i == last else {**d, "held_since": at}, None) for i, (k, d, at) in enumerate(self.unwritten)
+        ]
+        try:
+            await self.store.call(self.store.append_audit_many, items)
+        except DiskFullError as exc:
+            if len(self.unwritten) > MAX_UNWRITTEN_AUDIT:
+                log.error("audit record %s lost: %s", self.unwritten.pop(0)[0], exc)
+            log.error("audit record %s held in memory: %s", kind, exc)
+            return
+        self.unwritten.clear()
         self.audit_wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set; raise :class:`RevokedError` if the device is revoked."""
         await self.audit("agent.start", {"version": AGENT_VERSION, "pid": os.getpid()})
-        await self.runner.settle_interrupted()
+        try:
+            await self.runner.settle_interrupted()
+        except Exception:  # a full disk, say: they stay journaled as running and are settled next start
+            log.exception("tasks interrupted by the last stop could not be settled yet")
         attempt = 0
         try:
             while not stop.is_set():
@@ -199,6 +228,9 @@ class Agent:
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     retry_after = retry_after_of(exc)
                     log.warning("connection to relay failed: %s", self.last_error)
+                except Exception as exc:  # a bug in a session: reconnect, never exit (decision 49)
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("session with the relay failed")
                 delay = reconnect_delay(attempt, self.options, self.rng, retry_after)
                 attempt += 1
                 await self.audit("agent.reconnect", {"attempt": attempt, "delay_s": round(delay, 3), "error": self.last_error})
@@ -290,7 +322,12 @@ class Agent:
                     except ProtocolError as exc:
                         log.warning("bad frame from relay: %s", exc)
                         continue
-                    await self._on_message(link, message, group, workers)
+                    try:
+                        await self._on_message(link, message, group, workers)
+                    except (RevokedError, ConnectionClosed):
+                        raise
+                    except Exception:  # one frame that cannot be handled never ends the session
+                        log.exception("could not handle %s from relay", message.type)
             finally:
                 for loop in loops:
                     loop.cancel()
@@ -319,12 +356,21 @@ class Agent:
                 log.warning("unexpected %s from relay", message.type)
 
     async def _run_task(self, link: _Link, spec: Any, workers: asyncio.Semaphore) -> None:
-        await link.ws.send(encode(TaskReceived(task_id=spec.id)))
-        async with workers:
-            result = await self.runner.handle(spec)
-        self.audit_wakeup.set()
-        if result is not None:
-            await link.ws.send(encode(TaskResult(**result)))
+        """One task, in the session's task group: it never raises, so a failing task
+        cannot cancel the session's loops or the other tasks."""
+        try:
+            await link.ws.send(encode(TaskReceived(task_id=spec.id)))
+            async with workers:
+                result = await self.runner.handle(spec)  # contained: never raises
+            self.audit_wakeup.set()
+            if result is not None:
+                await link.ws.send(encode(TaskResult(**result)))
+            if self.store.full != self.reported_full:
+                self.heartbeat_wakeup.set()
+        except ConnectionClosed:
+            pass  # a journaled result is sent again by the next session (_serve)
+        except Exception:
+            log.exception("task %s: its result could not be sent", spec.id)
 
     async def _telemetry(self) -> dict[str, Any]:
         return await asyncio.to_thread(telemetry)
@@ -333,9 +379,14 @@ class Agent:
         while True:
             figures = await self._telemetry()
             figures["pending_audit"] = await self.store.call(self.store.pending_count)
+            self.reported_full = self.store.full
+            if self.reported_full is not None:
+                figures["disk_full"] = self.reported_full  # tasks are refused until it clears
             await link.ws.send(encode(Heartbeat(telemetry=figures)))
             self._write_state()
-            await asyncio.sleep(self.options.heartbeat_s)
+            self.heartbeat_wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.heartbeat_wakeup.wait(), self.options.heartbeat_s)
 
     async def _audit_loop(self, link: _Link) -> None:
         device_id = self.identity.device_id
@@ -355,7 +406,12 @@ class Agent:
                 log.warning("no audit ack within %s s; resending", self.options.audit_ack_timeout_s)
                 continue
             if isinstance(reply, AuditAck):
-                await self.store.call(self.store.ack_audit, reply.last_seq, reply.head_hash)
+                try:
+                    await self.store.call(self.store.ack_audit, reply.last_seq, reply.head_hash)
+                except (ValueError, DiskFullError) as exc:
+                    # An ack for records we do not hold deletes nothing; they are sent again.
+                    log.error("audit ack not applied: %s", exc)
+                    await asyncio.sleep(5)
             else:
                 # Never drop records on a nack: keep them, say why, retry later.
                 log.error("relay refused audit batch (%s): %s", reply.code, reply.detail)
@@ -367,6 +423,7 @@ class Agent:
             "connected": self.connected,
             "updated_at": to_rfc3339(self.clock.now()),
             "last_error": self.last_error,
+            "disk_full": self.store.full,
         }
         with contextlib.suppress(OSError):
             write_atomic(self.data_dir.state_path, json.dumps(state).encode(), mode=0o600)

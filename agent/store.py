@@ -22,6 +22,9 @@ written in order). Power lost in between forgets only the ack, and the agent sen
 those records or that result again, which the relay recognises and acknowledges
 again; a crash of the process alone loses nothing, since the operating system holds
 the write.
+A write the disk has no room for (SQLite's SQLITE_FULL: the disk, a quota, or the
+database's page limit; SQLITE_IOERR_WRITE: a file-size limit or a failing disk) writes nothing and raises :class:`~coact.agent.errors.DiskFullError`;
+:attr:`AgentStore.full` says so until a write succeeds again.
 All methods are synchronous and thread-safe (one connection behind a lock); the
 asyncio side calls them through :meth:`AgentStore.call`.
 """
@@ -41,6 +44,7 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 import sqlite_utils
 
+from coact.agent.errors import DiskFullError
 from coact.shared.canonical import canonical_json
 from coact.shared.chain import GENESIS, ChainHead, make_record
 from coact.shared.clock import Clock, to_rfc3339
@@ -107,6 +111,8 @@ class AgentStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._in_memory = str(path) == ":memory:"
+        self.full: str | None = None
+        """Why the last write failed for want of space, or None if it did not."""
         # One connection shared by every thread; the lock serialises its use.
         conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
         try:
@@ -158,6 +164,25 @@ class AgentStore:
         self.close()
 
     @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock). SQLITE_FULL rolls it back
+        and becomes :class:`DiskFullError`; any write that commits clears the state."""
+        try:
+            with self._db.atomic():
+                yield
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_IOERR_WRITE:
+                # What a write past a file-size limit (EFBIG) or a failing disk gives;
+                # SQLite rolls back, and the same connection writes again once it can.
+                self.full = f"disk full or failing: the agent database {self.path} refused a write ({exc})"
+            elif exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                self.full = f"disk full: the agent database {self.path} cannot grow ({exc})"
+            else:
+                raise
+            raise DiskFullError(self.full) from exc
+        self.full = None
+
+    @contextmanager
     def _unsynced(self) -> Iterator[None]:
         """Commit the transaction inside without waiting for the disk (module docs:
         for acknowledgements only, which the relay can give again)."""
@@ -203,12 +228,12 @@ class AgentStore:
         Raises :class:`~coact.shared.errors.CanonicalizationError` (and writes
         nothing) when ``data`` has no canonical JSON form.
         """
-        with self._lock, self._db.atomic():
+        with self._lock, self._write():
             return self._append_items([(kind, data, task_id)])[0]
 
     def append_audit_many(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
         """Append several ``(kind, data, task_id)`` records in one transaction (all or none)."""
-        with self._lock, self._db.atomic():
+        with self._lock, self._write():
             return self._append_items(items)
 
     def _append_items(self, items: Iterable[AuditItem]) -> list[dict[str, Any]]:
@@ -229,7 +254,7 @@ class AgentStore:
         For the fleet simulator's in-memory stores, which start empty on every run while
         the relay remembers each device's chain. Refused once anything was appended.
         """
-        with self._lock, self._db.atomic():
+        with self._lock, self._write():
             if self._head() != GENESIS:
                 raise ValueError("restore_head needs a store with no records yet")
             self._db.execute(
@@ -285,7 +310,7 @@ class AgentStore:
         :class:`ValueError` and deletes nothing. Repeating the last ack is a no-op.
         Returns the number of records deleted.
         """
-        with self._lock, self._unsynced(), self._db.atomic():
+        with self._lock, self._unsynced(), self._write():
             row = self._db.execute(
                 "SELECT hash FROM audit_outbox WHERE seq = ?", [last_seq]
             ).fetchone()
@@ -320,7 +345,7 @@ class AgentStore:
         """
         spec_text = canonical_json(dict(spec)).decode("utf-8")
         now = to_rfc3339(self._clock.now())
-        with self._lock, self._db.atomic():
+        with self._lock, self._write():
             inserted = self._db.execute(
                 "INSERT INTO task_journal (task_id, spec, state, started_at) "
                 "VALUES (?, ?, 'running', ?) ON CONFLICT (task_id) DO NOTHING",
@@ -343,7 +368,7 @@ class AgentStore:
         """
         result_text = canonical_json(dict(result)).decode("utf-8")
         now = to_rfc3339(self._clock.now())
-        with self._lock, self._db.atomic():
+        with self._lock, self._write():
             row = self._db.execute(
                 "SELECT state FROM task_journal WHERE task_id = ?", [task_id]
             ).fetchone()
@@ -377,7 +402,7 @@ class AgentStore:
 
     def ack_result(self, task_id: str) -> None:
         """The relay has the result; the journal entry stays so a redelivery is still refused."""
-        with self._lock, self._unsynced(), self._db.atomic():
+        with self._lock, self._unsynced(), self._write():
             self._db.execute(
                 "UPDATE task_journal SET result_acked = 1 WHERE task_id = ? AND state = 'done'",
                 [task_id],

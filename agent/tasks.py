@@ -4,18 +4,24 @@ The order is the safety argument: the task id is journaled *before* anything run
 a redelivery (after a reconnect or a crash) is recognised and never runs again; the
 local policy is evaluated before every action, whatever the relay said; every step
 leaves an audit record.
+
+One task can never take the agent down (decision 49): :meth:`TaskRunner.handle` turns
+any exception met while handling a task -- in the policy, the journal write, the
+executor, the result -- into a failed result, journaled and audited as ``task.failed``
+where the store can still write, and logged where it cannot (a full disk: the task is
+refused, not run).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coact.agent.errors import DiskFullError
 from coact.agent.executors import execute
-from coact.agent.executors.errors import ActionError
+from coact.agent.executors.errors import ActionError, TimedOut
 from coact.agent.frames import TaskSpec
 from coact.agent.store import AgentStore, AuditItem
 from coact.policy.decision import Decision, decide
@@ -30,6 +36,19 @@ log = logging.getLogger("coact.agent.tasks")
 MAX_OUTPUT_BYTES = MAX_FRAME_BYTES - 64 * 1024
 # Long parameter values (file contents) are audited by digest, not copied.
 AUDIT_INLINE_CHARS = 256
+# A result's error must fit protocol.TaskResult.error.
+MAX_ERROR_CHARS = 4096
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``exc`` as text that can be journaled, audited and sent: bounded, and with any
+    character that has no UTF-8 form (a lone surrogate) escaped."""
+    text = f"{type(exc).__name__}: {exc}"[:1024]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _printable(text: str) -> str:
+    return text[:64].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def audit_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,9 +88,10 @@ class TaskRunner:
             await self._settle_interrupted(task_id)
 
     async def _settle_interrupted(self, task_id: str) -> dict[str, Any]:
-        return await self._finish(task_id, self._result(
-            task_id, "failed", None, "interrupted: the agent stopped while this task ran; it is not run again", None,
-        ))
+        error = "interrupted: the agent stopped while this task ran; it is not run again"
+        # Its action may have had its effect: the audit says it ended, and how.
+        finished = ("action.finished", {"status": "failed", "ok": False, "error": error, "interrupted": True}, task_id)
+        return await self._finish(task_id, self._result(task_id, "failed", None, error, None), [finished])
 
     async def handle(self, spec: TaskSpec) -> dict[str, Any] | None:
         """Run ``spec`` unless it ran before; return the result to send, or None to send nothing."""
@@ -81,17 +101,47 @@ class TaskRunner:
         # session after a relay restart) must see it as running, not as left over.
         self.running.add(spec.id)
         try:
-            decision, journaled = self._plan(spec)
-            state = await self.store.call(self.store.begin_task, spec.id, spec.as_dict(), journaled)
-            if state == "done":
-                await self.audit("task.redelivered", {"action": spec.action}, spec.id)
-                return await self.store.call(self.store.task_result, spec.id)
-            if state == "running":
-                # Journaled by an earlier process that died before finishing it.
-                return await self._settle_interrupted(spec.id)
-            return await self._run(spec, decision)
+            return await self._handle(spec)
+        except Exception as exc:
+            # The containment guard (module docs): this task fails, the agent goes on.
+            log.exception("task %s failed inside the agent", spec.id)
+            return await self._record_failure(spec, f"internal error: {describe_failure(exc)}")
         finally:
             self.running.discard(spec.id)
+
+    async def _handle(self, spec: TaskSpec) -> dict[str, Any] | None:
+        try:
+            decision, journaled = self._plan(spec)
+            state = await self.store.call(self.store.begin_task, spec.id, spec.as_dict(), journaled)
+        except DiskFullError as exc:
+            # Nothing was written and nothing can be: refuse it, unrun, and say why.
+            log.error("task %s refused: %s", spec.id, exc)
+            return self._result(spec.id, "failed", None, f"refused, not run: {exc}", None)
+        except Exception as exc:
+            log.exception("task %s could not be journaled", spec.id)
+            return await self._record_failure(spec, f"refused, not run: {describe_failure(exc)}")
+        if state == "done":
+            await self.audit("task.redelivered", {"action": spec.action}, spec.id)
+            return await self.store.call(self.store.task_result, spec.id)
+        if state == "running":
+            # Journaled by an earlier process that died before finishing it.
+            return await self._settle_interrupted(spec.id)
+        return await self._run(spec, decision)
+
+    async def _record_failure(self, spec: TaskSpec, reason: str) -> dict[str, Any]:
+        """Fail ``spec`` (journaled or not) with ``reason``, audited as ``task.failed``
+        in the same transaction; if the store cannot write even that, log it: the
+        result is still returned, so the relay hears of it."""
+        action = _printable(spec.action)
+        result = self._result(spec.id, "failed", None, reason[:MAX_ERROR_CHARS], None)
+        try:
+            state = await self.store.call(self.store.begin_task, spec.id, {"id": spec.id, "action": action})
+            if state == "done":  # it had ended before the failure: its first result stands
+                return await self.store.call(self.store.task_result, spec.id) or result
+            await self._finish(spec.id, result, [("task.failed", {"action": action, "error": reason}, spec.id)])
+        except Exception:
+            log.exception("the failure of task %s could not be journaled; reporting it unjournaled", spec.id)
+        return result
 
     def _plan(self, spec: TaskSpec) -> tuple[Decision | None, list[AuditItem]]:
         """The local policy's decision (None if the task has expired) and the records
@@ -126,25 +176,35 @@ class TaskRunner:
             return await self._finish(spec.id, self._result(spec.id, "denied", None, f"denied by local policy: {why}", None))
         started = to_rfc3339(self.clock.now())
         output: Any = None
+        progress: dict[str, Any] | None = None
         try:
-            output = await asyncio.wait_for(execute(spec.action, spec.params, self.policy), spec.timeout_s)
+            output = await execute(spec.action, spec.params, self.policy, spec.timeout_s)
             error = returnable_output_error(output)
             status, output = ("succeeded", output) if error is None else ("failed", None)
+        except TimedOut as exc:
+            # The work stopped (or is reported as not known to have); the output is
+            # what it had done, and the audit says the same.
+            status, error, output, progress = "timed_out", str(exc), exc.progress, exc.progress
         except ActionError as exc:
             status, error = "failed", f"{exc.code}: {exc}"
-        except TimeoutError:
-            status, error = "timed_out", f"did not finish within {spec.timeout_s:g} s"
         except Exception as exc:  # an executor bug must not kill the agent: report and audit it
             log.exception("executor for %s failed", spec.action)
             status, error = "failed", f"internal error: {type(exc).__name__}"
         result = self._result(spec.id, status, output, error, started)
-        finished = (
-            "action.finished",
-            {"action": spec.action, "status": status, "ok": status == "succeeded", "error": error,
-             "output_sha256": sha256_hex(json.dumps(output, sort_keys=True).encode())},
-            spec.id,
-        )
-        return await self._finish(spec.id, result, [finished])
+        data: dict[str, Any] = {
+            "action": spec.action, "status": status, "ok": status == "succeeded", "error": error,
+            "output_sha256": sha256_hex(json.dumps(output, sort_keys=True).encode()),
+        }
+        if status == "timed_out":
+            data["progress"] = progress
+        finished = ("action.finished", data, spec.id)
+        try:
+            return await self._finish(spec.id, result, [finished])
+        except DiskFullError as exc:
+            # It ran: report what it did. The journal still says running, so the next
+            # start settles it as interrupted, with its audit record (never re-run).
+            log.error("the result of task %s could not be journaled: %s", spec.id, exc)
+            return result
 
     def _result(self, task_id: str, status: str, output: Any, error: str | None, started: str | None) -> dict[str, Any]:
         return {

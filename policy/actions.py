@@ -29,6 +29,12 @@ RiskLevel = Literal["low", "medium", "high", "critical"]
 
 MiB = 1024 * 1024
 MAX_PATH_LENGTH = 4096
+# The integers JSON carries exactly (I-JSON, RFC 7493): canonical JSON refuses the rest
+# (coact.shared.canonical), and a task is journaled, hashed and audited as canonical
+# JSON, so a param beyond this range could never be recorded (decision 49).
+MAX_SAFE_INTEGER = 2**53 - 1
+# Process ids: Linux caps them at 2**22, Windows and macOS fit them in 32 bits.
+MAX_PID = 2**32 - 1
 
 # The JSON Schema spelling of "an absolute POSIX path, drive path or UNC path"; the
 # finer rules (NUL, Windows oddities) are checked by ``path_problem``.
@@ -160,6 +166,7 @@ def _check(where: str, spec: ParamSpec, value: Any) -> Any:
     if isinstance(value, str):
         _check_string(where, spec, value)
     elif isinstance(value, int | float) and not isinstance(value, bool):
+        _check_safe_integers(where, value)
         if spec.minimum is not None and value < spec.minimum:
             raise ParamsError(f"{where}: must be at least {spec.minimum}")
         if spec.maximum is not None and value > spec.maximum:
@@ -171,8 +178,26 @@ def _check(where: str, spec: ParamSpec, value: Any) -> Any:
             raise ParamsError(f"{where}: allows at most {spec.max_items} items")
         if spec.items is not None:
             return [_check(f"{where}[{i}]", spec.items, item) for i, item in enumerate(value)]
+        _check_safe_integers(where, value)
         return list(value)
+    elif isinstance(value, Mapping):
+        _check_safe_integers(where, value)
     return value
+
+
+def _check_safe_integers(where: str, value: Any) -> None:
+    """Refuse an integer, anywhere in ``value``, that canonical JSON cannot carry."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise ParamsError(
+                f"{where}: integer beyond the range JSON carries exactly (+-{MAX_SAFE_INTEGER})"
+            )
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_safe_integers(f"{where}.{key}", item)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_safe_integers(f"{where}[{index}]", item)
 
 
 def _fail(where: str, spec: ParamSpec, value: Any) -> Any:
@@ -400,7 +425,7 @@ ACTIONS: Mapping[str, ActionSpec] = _catalog(
     ),
     ActionSpec(
         "app.close", "Ask a running program to close.",
-        {"pid": ParamSpec("integer", "Process id.", required=True, minimum=1)},
+        {"pid": ParamSpec("integer", "Process id.", required=True, minimum=1, maximum=MAX_PID)},
         base_risk="medium",
     ),
     ActionSpec("app.list", "List running programs.", {}, base_risk="low"),

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from coact.agent.executors.errors import ActionError
+from coact.agent.executors.errors import ActionError, Stopped, TimedOut
 from coact.policy.document import Policy
 
 Executor = Callable[[str, Mapping[str, Any], Policy, threading.Event], dict[str, Any]]
@@ -43,16 +43,40 @@ def _system(action: str, params: Mapping[str, Any], policy: Policy, cancel: thre
 EXECUTORS: dict[str, Executor] = {name: _files for name in FILE_ACTIONS}
 EXECUTORS["system.info"] = _system
 
+# How long a timed-out executor gets to notice its cancel flag and say what it did.
+# Every loop of a long executor checks the flag, so only a stuck system call (a hung
+# network file system, say) takes this long.
+STOP_GRACE_S = 10.0
 
-async def execute(action: str, params: Mapping[str, Any], policy: Policy) -> dict[str, Any]:
-    """Run the action in a worker thread; if this call is cancelled (a timeout), tell the
-    executor to stop, since a thread cannot be interrupted from outside."""
+
+async def execute(action: str, params: Mapping[str, Any], policy: Policy, timeout_s: float) -> dict[str, Any]:
+    """Run the action in a worker thread, for at most ``timeout_s``.
+
+    A thread cannot be interrupted from outside, so on time-out the executor's cancel
+    flag is set and the thread is waited for (up to :data:`STOP_GRACE_S`): the work
+    stops, not just the report of it, and :class:`TimedOut` carries what the executor
+    says it had done. If this call is cancelled (the agent stopping), the flag is set too.
+    """
     executor = EXECUTORS.get(action)
     if executor is None:
         raise ActionError("unsupported", f"{action} is not implemented by this agent yet")
     cancel = threading.Event()
+    work = asyncio.ensure_future(asyncio.to_thread(executor, action, params, policy, cancel))
     try:
-        return await asyncio.to_thread(executor, action, params, policy, cancel)
+        done, _ = await asyncio.wait({work}, timeout=timeout_s)
+        if done:
+            return work.result()
+        cancel.set()
+        done, _ = await asyncio.wait({work}, timeout=STOP_GRACE_S)
     except asyncio.CancelledError:
         cancel.set()
         raise
+    if not done:
+        raise TimedOut(
+            f"did not finish within {timeout_s:g} s and had not stopped {STOP_GRACE_S:g} s later; "
+            "what it did is not known", None,
+        )
+    try:
+        return work.result()  # it finished just as time ran out: its result stands
+    except Stopped as exc:
+        raise TimedOut(f"did not finish within {timeout_s:g} s; {exc.message}", exc.progress) from exc

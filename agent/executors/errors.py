@@ -24,9 +24,13 @@ result next to the human-readable message. The file executors use:
     permission_denied the operating system refused access
     io_error         any other operating-system error
     unsupported      the platform or the operation is not supported
+    stopped          the task's time ran out and the executor stopped (:class:`Stopped`)
+    timed_out        the task's time ran out (:class:`TimedOut`, raised by ``execute``)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from coact.shared.errors import CoactError
 
@@ -41,3 +45,22 @@ class ActionError(CoactError):
 
     def __repr__(self) -> str:
         return f"ActionError({self.code!r}, {self.message!r})"
+
+
+class Stopped(ActionError):
+    """The executor saw its cancel flag and stopped between two steps; ``progress``
+    says exactly what it had done by then (what was deleted, how much was written)."""
+
+    def __init__(self, message: str, progress: dict[str, Any]) -> None:
+        super().__init__("stopped", message)
+        self.progress = progress
+
+
+class TimedOut(ActionError):
+    """The task ran out of time. ``progress`` is what the executor reported doing
+    before it stopped, or None if it did not stop within the grace period (then what
+    it did is not known, and the message says so)."""
+
+    def __init__(self, message: str, progress: dict[str, Any] | None) -> None:
+        super().__init__("timed_out", message)
+        self.progress = progress

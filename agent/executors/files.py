@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from coact.agent.executors.errors import ActionError
+from coact.agent.executors.errors import ActionError, Stopped
 from coact.shared.clock import to_rfc3339
 
 __all__ = ["FileRoots", "run_file_action", "ActionError"]
@@ -578,8 +578,10 @@ def _place_at(
     mode: int,
     overwrite: bool,
     limit: int,
+    cancel: threading.Event,
 ) -> tuple[int, str]:
-    """Write ``chunks`` to ``name`` in ``parent_fd`` atomically; return (size, sha256)."""
+    """Write ``chunks`` to ``name`` in ``parent_fd`` atomically; return (size, sha256).
+    Stopped by ``cancel`` between chunks, it places nothing (the temporary file goes)."""
     try:
         _check_destination(parent_fd, name, shown, overwrite)
     except OSError as exc:
@@ -595,6 +597,11 @@ def _place_at(
         size = 0
         try:
             for chunk in chunks:
+                if cancel.is_set():
+                    raise Stopped(
+                        f"writing {shown} was stopped after {size} bytes; nothing was placed there",
+                        {"path": shown, "bytes_written": size, "placed": False},
+                    )
                 size += len(chunk)
                 # Re-checked while streaming: a copied source may grow after its fstat.
                 if size > limit:
@@ -621,7 +628,8 @@ def _place_at(
 
 
 def _place(
-    target: _Target, chunks: Iterable[bytes], *, mode: int, overwrite: bool, limit: int
+    target: _Target, chunks: Iterable[bytes], *, mode: int, overwrite: bool, limit: int,
+    cancel: threading.Event,
 ) -> tuple[int, str]:
     if not target.rel:
         raise ActionError(
@@ -638,6 +646,7 @@ def _place(
                 mode=mode,
                 overwrite=overwrite,
                 limit=limit,
+                cancel=cancel,
             )
     except ActionError as err:
         if err.code == "not_found":
@@ -730,6 +739,11 @@ def _file_list(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         nonlocal truncated
         # listdir on the fd: names come from the directory we hold open, not a path.
         for name in sorted(os.listdir(dir_fd)):
+            if roots.cancel.is_set():
+                raise Stopped(
+                    f"listing {target.path} was stopped after {len(entries)} entries",
+                    {"path": target.path, "listed": len(entries)},
+                )
             if len(entries) >= max_entries:
                 truncated = True
                 return
@@ -802,6 +816,11 @@ def _file_read(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         buffer = bytearray()
         # One byte past the limit tells "exactly max_bytes" from "truncated".
         while len(buffer) <= max_bytes:
+            if roots.cancel.is_set():
+                raise Stopped(
+                    f"reading {target.path} was stopped after {len(buffer)} bytes; nothing is returned",
+                    {"path": target.path, "bytes_read": len(buffer)},
+                )
             chunk = os.read(fd, min(_CHUNK, max_bytes + 1 - len(buffer)))
             if not chunk:
                 break
@@ -843,7 +862,7 @@ def _file_write(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
         raise ActionError(
             "too_large", f"content is {len(data)} bytes; the write limit is {limit} bytes"
         )
-    size, digest = _place(target, [data], mode=mode, overwrite=overwrite, limit=limit)
+    size, digest = _place(target, [data], mode=mode, overwrite=overwrite, limit=limit, cancel=roots.cancel)
     return {"path": target.path, "size": size, "sha256": digest}
 
 
@@ -859,7 +878,9 @@ def _file_copy(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                 "too_large", f"{src.path} is {st.st_size} bytes; the write limit is {limit} bytes"
             )
         mode = stat.S_IMODE(st.st_mode) & 0o777
-        size, digest = _place(dst, _read_chunks(fd), mode=mode, overwrite=overwrite, limit=limit)
+        size, digest = _place(
+            dst, _read_chunks(fd), mode=mode, overwrite=overwrite, limit=limit, cancel=roots.cancel
+        )
     finally:
         os.close(fd)
     return {"src": src.path, "dst": dst.path, "size": size, "sha256": digest}
@@ -914,12 +935,13 @@ def _file_move(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                     f"{src.path} and {dst.path} are on different file systems; "
                     "moving a directory across file systems is not supported",
                 ) from exc
-            _move_across_devices(src, src_fd, dst, dst_fd, overwrite, roots.max_write_bytes)
+            _move_across_devices(src, src_fd, dst, dst_fd, overwrite, roots.max_write_bytes, roots.cancel)
     return {"src": src.path, "dst": dst.path}
 
 
 def _move_across_devices(
-    src: _Target, src_fd: int, dst: _Target, dst_fd: int, overwrite: bool, limit: int
+    src: _Target, src_fd: int, dst: _Target, dst_fd: int, overwrite: bool, limit: int,
+    cancel: threading.Event,
 ) -> None:
     """Copy atomically to the other file system, then unlink the source."""
     try:
@@ -939,6 +961,7 @@ def _move_across_devices(
             mode=mode,
             overwrite=overwrite,
             limit=limit,
+            cancel=cancel,
         )
     finally:
         os.close(fd)
@@ -948,7 +971,24 @@ def _move_across_devices(
         raise _os_error(exc, f"{src.path} (copied to {dst.path} but not removed)") from exc
 
 
-def _delete_tree(dir_fd: int, shown: str, depth: int, guard: _Guard) -> int:
+@dataclass
+class _Deletion:
+    """A recursive delete under way: what it deletes, and how many entries are gone,
+    so that a stop (the cancel flag, checked before every entry) can say exactly."""
+
+    path: str
+    cancel: threading.Event
+    deleted: int = 0
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Stopped(
+                f"deleting {self.path} was stopped after {self.deleted} entries; the rest is still there",
+                {"path": self.path, "deleted": self.deleted, "complete": False},
+            )
+
+
+def _delete_tree(dir_fd: int, shown: str, depth: int, deletion: _Deletion, guard: _Guard) -> int:
     """Delete everything inside the directory ``dir_fd``; return how many entries went.
 
     ``guard`` is met here only by routes a path comparison cannot see (a bind mount, a
@@ -960,6 +1000,7 @@ def _delete_tree(dir_fd: int, shown: str, depth: int, guard: _Guard) -> int:
         )
     count = 0
     for name in os.listdir(dir_fd):
+        deletion.check()
         path = _join(shown, name)
         try:
             # Try to enter it as a directory without following links; whatever is not
@@ -978,17 +1019,20 @@ def _delete_tree(dir_fd: int, shown: str, depth: int, guard: _Guard) -> int:
             except OSError as unlink_exc:
                 raise _os_error(unlink_exc, path) from unlink_exc
             count += 1
+            deletion.deleted += 1
             continue
         try:
             guard.check(os.fstat(child), path)
-            count += _delete_tree(child, path, depth + 1, guard)
+            count += _delete_tree(child, path, depth + 1, deletion, guard)
         finally:
             os.close(child)
+        deletion.check()  # before the rmdir: its contents went, the directory stays
         try:
             os.rmdir(name, dir_fd=dir_fd)
         except OSError as exc:
             raise _os_error(exc, path) from exc
         count += 1
+        deletion.deleted += 1
     return count
 
 
@@ -1024,8 +1068,10 @@ def _file_delete(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
                         ) from exc
                     raise
                 return {"path": target.path, "deleted": 1}
+            deletion = _Deletion(target.path, roots.cancel)
             with _directory(target) as fd:
-                count = _delete_tree(fd, target.path, 1, target.root.guard)
+                count = _delete_tree(fd, target.path, 1, deletion, target.root.guard)
+            deletion.check()
             os.rmdir(name, dir_fd=parent)
         except OSError as exc:
             raise _os_error(exc, target.path) from exc
@@ -1041,7 +1087,10 @@ def _file_hash(params: Mapping[str, Any], roots: _Roots) -> dict[str, Any]:
     try:
         for chunk in _read_chunks(fd):
             if roots.cancel.is_set():
-                raise ActionError("cancelled", f"hashing {target.path} was stopped: the task ran out of time")
+                raise Stopped(
+                    f"hashing {target.path} was stopped after {size} bytes; no digest",
+                    {"path": target.path, "bytes_hashed": size},
+                )
             digest.update(chunk)
             size += len(chunk)
     finally:

@@ -10,7 +10,9 @@ from coact.relay.api.models import CreateTaskRequest, Page, Task, TaskQuery
 from coact.relay.errors import BadRequest, NotFound
 from coact.relay.routing import ANY_USER, OPERATOR, Call, RouteTable
 from coact.relay.storage import Row
+from coact.shared.canonical import canonical_json
 from coact.shared.clock import from_rfc3339, to_rfc3339
+from coact.shared.errors import CanonicalizationError
 
 routes = RouteTable("tasks")
 
@@ -27,8 +29,13 @@ async def create_task(call: Call) -> Task:
     body: CreateTaskRequest = call.body
     try:
         params = validate_params(body.action, body.params)
+        # The agent journals and audits the params as canonical JSON: what has no
+        # such form could never be recorded there (decision 49).
+        canonical_json(params)
     except ParamsError as exc:
         raise BadRequest(str(exc)) from exc
+    except CanonicalizationError as exc:
+        raise BadRequest(f"params: no canonical JSON form ({exc})") from exc
     now = svc.clock.now()
     if body.expires_at is not None:
         try:

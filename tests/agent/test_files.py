@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coact.agent.executors.errors import ActionError
+from coact.agent.executors.errors import ActionError, Stopped
 from coact.agent.executors.files import FileRoots, run_file_action
 from coact.shared.clock import from_rfc3339
 from coact.shared.errors import CoactError
@@ -708,3 +708,55 @@ def test_symlink_swapped_in_after_the_check_never_escapes(
     assert outcomes["symlink_refused"] > 50, outcomes
     leftovers = [name for name in os.listdir(real) if name.startswith(".coact-tmp")]
     assert leftovers == []
+
+
+class _StopAfter(threading.Event):
+    """A cancel flag that is raised after it has been looked at ``checks`` times: the
+    time-out landing at a chosen step of the executor's loop."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__()
+        self.checks = checks
+
+    def is_set(self) -> bool:
+        self.checks -= 1
+        if self.checks < 0:
+            self.set()
+        return super().is_set()
+
+
+@pytest.mark.parametrize("checks", [0, 1, 7, 40, 60])
+def test_a_stopped_recursive_delete_says_exactly_what_it_deleted(sandbox: Path, roots: FileRoots, checks: int) -> None:
+    tree = sandbox / "tree"
+    for d in range(5):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(10):
+            (tree / f"d{d}" / f"f{f}").write_bytes(b"x")
+    total = 5 * 10 + 5 + 1
+    cancel = _StopAfter(checks)
+    with pytest.raises(Stopped) as info:
+        run_file_action("file.delete", {"path": str(tree), "recursive": True}, roots, cancel)
+    progress = info.value.progress
+    left = sum(1 for _ in tree.rglob("*")) + tree.exists()
+    assert progress["complete"] is False
+    assert left == total - progress["deleted"]
+    assert f"stopped after {progress['deleted']} entries" in info.value.message
+    assert tree.exists()  # the top is removed last, and only when everything below went
+
+
+@pytest.mark.parametrize(("action", "params", "key"), [
+    ("file.hash", {"path": "big"}, "bytes_hashed"),
+    ("file.read", {"path": "big", "max_bytes": 16 * 1024 * 1024}, "bytes_read"),
+    ("file.copy", {"src": "big", "dst": "copy"}, "bytes_written"),
+    ("file.list", {"path": ".", "recursive": True}, "listed"),
+])
+def test_every_long_file_action_stops_when_told(sandbox: Path, roots: FileRoots, action: str,
+                                                params: dict[str, Any], key: str) -> None:
+    (sandbox / "big").write_bytes(b"y" * (4 * 1024 * 1024))
+    for i in range(20):
+        (sandbox / f"e{i}").write_bytes(b"")
+    full = {name: str(sandbox / value) if name in ("path", "src", "dst") else value for name, value in params.items()}
+    with pytest.raises(Stopped) as info:
+        run_file_action(action, full, roots, _StopAfter(2))
+    assert info.value.progress[key] > 0
+    assert not (sandbox / "copy").exists()  # a stopped copy places nothing

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import fields
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from coact.agent import frames
 from coact.shared import protocol
 from coact.shared.canonical import canonical_json
 from coact.shared.chain import GENESIS, make_record
+from coact.shared.clock import to_rfc3339
 from coact.shared.errors import ProtocolError
 
 HASH = "ab" * 32
@@ -102,6 +104,8 @@ def test_version_may_be_absent() -> None:
 
 
 _texts = st.text(max_size=40)
+_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", fullmatch=True)
+_seqs = st.integers(0, 2**53 - 1)
 _json = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
     | _texts,
@@ -110,16 +114,16 @@ _json = st.recursive(
 )
 _relay_models = st.one_of(
     st.builds(protocol.Challenge, nonce=st.text(min_size=16, max_size=128), relay_signature=st.text(max_size=128)),
-    st.builds(protocol.Welcome, device_id=_texts, audit_seq=st.integers(0, 2**53), audit_hash=_texts),
+    st.builds(protocol.Welcome, device_id=_texts, audit_seq=_seqs, audit_hash=_texts),
     st.builds(protocol.TaskMessage, task=st.builds(
-        protocol.TaskSpec, id=st.text(min_size=1, max_size=64), action=st.text(min_size=1, max_size=64),
+        protocol.TaskSpec, id=_ids, action=st.from_regex(r"[a-z][a-z0-9_]{0,20}(\.[a-z][a-z0-9_]{0,20}){0,2}", fullmatch=True),
         params=st.dictionaries(_texts, _json, max_size=4),
         timeout_s=st.floats(min_value=0, max_value=86400, exclude_min=True),
-        expires_at=st.none() | _texts,
+        expires_at=st.none() | st.datetimes(timezones=st.just(UTC)).map(to_rfc3339),
     )),
-    st.builds(protocol.ResultAck, task_id=_texts),
-    st.builds(protocol.AuditAck, last_seq=st.integers(0, 2**53), head_hash=_texts),
-    st.builds(protocol.AuditNack, code=_texts, detail=_texts, expected_seq=st.none() | st.integers(0, 2**53)),
+    st.builds(protocol.ResultAck, task_id=_ids),
+    st.builds(protocol.AuditAck, last_seq=_seqs, head_hash=st.from_regex(r"[0-9a-f]{64}", fullmatch=True)),
+    st.builds(protocol.AuditNack, code=_texts, detail=_texts, expected_seq=st.none() | _seqs),
     st.builds(protocol.Error, code=_texts, detail=_texts),
 )
 
@@ -151,6 +155,9 @@ BAD_RELAY_FRAMES: list[tuple[Any, str]] = [
     ({"type": "task", "task": {"id": "t", "action": "a", "params": {}, "timeout_s": 1, "expires_at": 5}},
      "task.task.expires_at"),
     ({"type": "task", "task": "run everything"}, "task.task"),
+    ({"type": "task", "task": {"id": "t", "action": "a", "params": {"s": "\ud800"}, "timeout_s": 1}},
+     "task.task.params"),
+    ({"type": "task", "task": {"id": "t\ud800", "action": "a", "params": {}, "timeout_s": 1}}, "task.task.id"),
     ({"type": "audit_ack", "last_seq": None, "head_hash": "h"}, "audit_ack.last_seq"),
     ({"type": "error", "code": "c"}, "error.detail"),
     ({"v": 1, "type": "auth", "signature": "s"}, ""),
@@ -174,6 +181,27 @@ STRICTER_HERE: list[tuple[Any, str]] = [
     ({"type": "welcome", "device_id": "d", "audit_seq": "0", "audit_hash": "h"}, "welcome.audit_seq"),
     ({"type": "task", "task": {"id": "t", "action": "a", "params": {}, "timeout_s": "5"}}, "task.task.timeout_s"),
     ({"type": "audit_nack", "code": "c", "detail": "d", "expected_seq": "1"}, "audit_nack.expected_seq"),
+    # What the agent could not journal or audit (issue 14, decision 50): the models let
+    # them through, the relay never writes them.
+    ({"type": "task", "task": {"id": "t", "action": "app.close", "params": {"pid": 100000000000000000001},
+                               "timeout_s": 1}}, "task.task.params"),
+    ({"type": "task", "task": {"id": "t", "action": "a", "params": {"n": [{"deep": -(2**53) - 1}]}, "timeout_s": 1}},
+     "task.task.params"),
+    ({"type": "task", "task": {"id": "t", "action": "a", "params": {}, "timeout_s": 1, "expires_at": "soon"}},
+     "task.task.expires_at"),
+    ({"type": "task", "task": {"id": "t", "action": "a", "params": {}, "timeout_s": 1,
+                               "expires_at": "2026-02-30T00:00:00Z"}}, "task.task.expires_at"),
+    ({"type": "task", "task": {"id": "t", "action": "a", "params": {}, "timeout_s": 1,
+                               "expires_at": "2026-01-01T00:00:00"}}, "task.task.expires_at"),
+    ({"type": "task", "task": {"id": "../t", "action": "a", "params": {}, "timeout_s": 1}}, "task.task.id"),
+    ({"type": "task", "task": {"id": "t", "action": "FILE READ", "params": {}, "timeout_s": 1}}, "task.task.action"),
+    ({"type": "result_ack", "task_id": "t\n"}, "result_ack.task_id"),
+    ({"type": "audit_ack", "last_seq": -1, "head_hash": "ab" * 32}, "audit_ack.last_seq"),
+    ({"type": "audit_ack", "last_seq": 2**64, "head_hash": "ab" * 32}, "audit_ack.last_seq"),
+    ({"type": "audit_ack", "last_seq": 1, "head_hash": "h"}, "audit_ack.head_hash"),
+    ({"type": "audit_nack", "code": "c" * 65, "detail": "d"}, "audit_nack.code"),
+    ({"type": "welcome", "device_id": "d", "audit_seq": -5, "audit_hash": "h"}, "welcome.audit_seq"),
+    ({"type": "error", "code": "c", "detail": "d" * 65537}, "error.detail"),
 ]
 
 

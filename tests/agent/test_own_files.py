@@ -49,7 +49,7 @@ class Setup:
         self.policy = bind_protected(parse_policy(render_sandbox_policy(str(self.sandbox))), DataDir(self.data))
 
     def run(self, action: str, **params: Any) -> dict[str, Any]:
-        return asyncio.run(execute(action, params, self.policy))
+        return asyncio.run(execute(action, params, self.policy, 60))
 
     def refused(self, action: str, **params: Any) -> ActionError:
         before = snapshot(self.sandbox)
@@ -84,9 +84,9 @@ def test_an_own_file_that_links_elsewhere_is_protected_where_it_is(tmp_path: Pat
                            ("file.write", {"path": f"{sandbox}/etc/policy.toml", "content": "x", "overwrite": True}),
                            ("file.delete", {"path": f"{sandbox}/etc", "recursive": True})]:
         with pytest.raises(ActionError) as info:
-            asyncio.run(execute(action, params, policy))
+            asyncio.run(execute(action, params, policy, 60))
         assert info.value.code == "protected", (action, info.value.message)
-    entries = asyncio.run(execute("file.list", {"path": f"{sandbox}/etc"}, policy))["entries"]
+    entries = asyncio.run(execute("file.list", {"path": f"{sandbox}/etc"}, policy, 60))["entries"]
     assert entries == []
 
 
@@ -190,10 +190,10 @@ def test_a_root_that_is_inside_or_is_the_data_dir_or_links_to_it_is_refused(tmp_
     for root in (data, data / "sub", tmp_path / "alias"):
         policy = _policy_with_root(root, data)
         with pytest.raises(ActionError) as info:
-            asyncio.run(execute("file.list", {"path": str(root)}, policy))
+            asyncio.run(execute("file.list", {"path": str(root)}, policy, 60))
         assert info.value.code == "protected", (root, info.value.message)
         with pytest.raises(ActionError) as info:
-            asyncio.run(execute("file.read", {"path": f"{root}/device.key"}, policy))
+            asyncio.run(execute("file.read", {"path": f"{root}/device.key"}, policy, 60))
         assert info.value.code == "protected"
 
 
@@ -209,7 +209,7 @@ def test_a_relative_or_symlinked_data_dir_is_protected_by_its_real_path(
         policy = _policy_with_root(tmp_path / "sandbox", given)
         assert policy.files.protected[0] == os.path.realpath(data)
         with pytest.raises(ActionError) as info:
-            asyncio.run(execute("file.read", {"path": f"{data}/device.key"}, policy))
+            asyncio.run(execute("file.read", {"path": f"{data}/device.key"}, policy, 60))
         assert info.value.code == "protected"
 
 

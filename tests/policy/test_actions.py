@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from coact.policy.actions import (
     ACTIONS,
+    MAX_SAFE_INTEGER,
     ActionSpec,
     ParamSpec,
     spec_as_json_schema,
@@ -142,7 +144,13 @@ def test_validate_does_not_change_its_input() -> None:
          "params.timeout_s: expected a finite number"),
         ("serial.query", {"port": "COM1", "data": "x", "timeout_s": -1},
          "params.timeout_s: must be at least 0"),
-        ("app.close", {"pid": 2**70}, None),
+        ("app.close", {"pid": 2**32 - 1}, None),
+        ("app.close", {"pid": 2**32}, "params.pid: must be at most 4294967295"),
+        ("app.close", {"pid": 2**53}, "params.pid: integer beyond the range JSON carries exactly (+-9007199254740991)"),
+        ("app.close", {"pid": 100000000000000000001},
+         "params.pid: integer beyond the range JSON carries exactly (+-9007199254740991)"),
+        ("file.list", {"path": "/a", "max_entries": -(2**60)},
+         "params.max_entries: integer beyond the range JSON carries exactly (+-9007199254740991)"),
         ("system.info", [], "params: expected object, got array"),
         ("system.info", {1: 2}, "params: parameter names must be strings, got 1"),
     ],
@@ -159,6 +167,36 @@ def test_validate_errors(action: str, params: Any, message: str | None) -> None:
 def test_number_accepts_integers() -> None:
     out = validate_params("serial.query", {"port": "COM1", "data": "x", "timeout_s": 2})
     assert out["timeout_s"] == 2
+
+
+def test_every_numeric_param_is_bounded_on_both_sides_within_the_safe_range() -> None:
+    """A numeric param without bounds let one task carry an integer that the agent
+    could not journal (issue 14): every one has a minimum and a maximum, inside the
+    range canonical JSON carries exactly."""
+
+    def numeric(where: str, spec: ParamSpec) -> Iterator[tuple[str, ParamSpec]]:
+        if spec.type in ("integer", "number"):
+            yield where, spec
+        if spec.items is not None:
+            yield from numeric(f"{where}[]", spec.items)
+
+    found = [pair for action in ACTIONS.values() for name, spec in action.params.items()
+             for pair in numeric(f"{action.name}.{name}", spec)]
+    assert len(found) >= 8
+    for where, spec in found:
+        assert spec.minimum is not None, f"{where} has no minimum"
+        assert spec.maximum is not None, f"{where} has no maximum"
+        assert -MAX_SAFE_INTEGER <= spec.minimum <= spec.maximum <= MAX_SAFE_INTEGER, where
+
+
+def test_object_and_array_params_refuse_integers_beyond_the_safe_range() -> None:
+    spec = ActionSpec("test.obj", "test", {"meta": ParamSpec("object", "free-form", required=True),
+                                           "list": ParamSpec("array", "free-form")})
+    with pytest.raises(ParamsError, match=r"^params.meta.a\[1\]: integer beyond the range"):
+        spec.validate({"meta": {"a": [1, 2**53]}})
+    with pytest.raises(ParamsError, match=r"^params.list\[0\].b: integer beyond the range"):
+        spec.validate({"meta": {}, "list": [{"b": -(2**64)}]})
+    assert spec.validate({"meta": {"a": 2**53 - 1}}) == {"meta": {"a": 2**53 - 1}}
 
 
 def test_object_params() -> None:
