@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from coact.relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from coact.shared.wire import refuse_non_finite
+from coact.relay.jsonbody import decode_json_body
 
 ROLES = frozenset({"admin", "operator", "approver", "viewer"})
 ID_PATTERN = re.compile(r"^[a-z]{2,4}_[0-9a-z]{26}$")
@@ -134,10 +134,7 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise BadRequest(f"expected Content-Type application/json, got {request.content_type or 'none'}")
     raw = await request.read()
-    try:
-        data = json.loads(raw, parse_constant=refuse_non_finite) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    data = decode_json_body(raw) if raw else None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     try:
