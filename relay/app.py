@@ -31,7 +31,14 @@ from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
 from coact.relay.problems import problem_middleware
 from coact.relay.routing import Access, Principal, Route, RouteTable, install
-from coact.relay.services import Services, login_limits, password_hasher, token_issuer
+from coact.relay.services import (
+    Services,
+    email_refusals,
+    login_limits,
+    password_pool,
+    signup_limits,
+    token_issuer,
+)
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
 from coact.shared.canonical import use_orjson
@@ -80,11 +87,13 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         await asyncio.to_thread(sink.ensure_schema)
         audit = AuditPipeline(store, sink, identity_key, interval_s=settings.audit_insert_interval_s)
         events = EventBus()
+        passwords = await asyncio.to_thread(password_pool, settings, clock)  # hashes its dummy once
         svc = Services(
             settings=settings, clock=clock, store=store, keyring=keyring,
-            issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),
+            issuer=token_issuer(settings, keyring, clock), passwords=passwords,
             events=events, audit=audit, hub=Hub(store, audit, events, settings),
-            login_limits=login_limits(settings, clock),
+            login_limits=login_limits(settings, clock), signup_limits=signup_limits(settings, clock),
+            email_refusals=email_refusals(settings, clock),
         )
         app[SERVICES] = svc
         inserter = asyncio.create_task(audit.run_inserter(), name="audit-inserter")
@@ -107,6 +116,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             await _stop([inserter])
             await store.close()
             await asyncio.to_thread(sink.close)
+            passwords.close()
 
     app.cleanup_ctx.append(resources)
     return app

@@ -103,8 +103,46 @@ class LoginLimits:
         self.accounts.fail(account)
         self.addresses.fail(address)
 
+    def withdraw(self, account: str, address: str) -> None:
+        """Take back an attempt that was never judged (the hashing pool was full)."""
+        self.accounts.forgive(account)
+        self.addresses.forgive(address)
+
     def succeeded(self, account: str, address: str) -> None:
         """A good login clears the account's failures and takes back its own attempt
         from the address — but not the failures others sent from it (NAT, proxy)."""
         self.accounts.reset(account)
         self.addresses.forgive(address)
+
+
+@dataclass
+class SignupLimits:
+    """The relay's signup throttles: per client address and for the whole relay.
+
+    Every signup counts, accepted or not: each costs a full password hash, and the
+    answer does not say whether an account was made (decision 66). A global window
+    is safe here, unlike for logins: legitimate signups are rare, and a flood that
+    fills it blocks new organisations for a while, never an existing user's login.
+    """
+
+    addresses: FailureWindow
+    relay: FailureWindow
+
+    RELAY_KEY = "*"
+
+    @classmethod
+    def create(cls, per_address: int, per_relay: int, window_s: float, clock: Monotonic) -> SignupLimits:
+        return cls(FailureWindow(per_address, window_s, clock), FailureWindow(per_relay, window_s, clock, max_keys=1))
+
+    def retry_after(self, address: str) -> int:
+        wait = max(self.addresses.retry_after(address), self.relay.retry_after(self.RELAY_KEY))
+        return math.ceil(wait)
+
+    def attempt(self, address: str) -> None:
+        self.addresses.fail(address)
+        self.relay.fail(self.RELAY_KEY)
+
+    def withdraw(self, address: str) -> None:
+        """Take back an attempt that cost no hash (the hashing pool was full)."""
+        self.addresses.forgive(address)
+        self.relay.forgive(self.RELAY_KEY)

@@ -36,6 +36,12 @@ class Settings:
     login_max_failures: int = _setting(5, "Failed logins per account (email, known or not) within login_window_s before further attempts answer 429.")
     login_max_per_address: int = _setting(20, "Failed logins per client address within login_window_s before further attempts answer 429.")
     login_window_s: int = _setting(900, "The sliding window of the login failure limits, in seconds.")
+    signup_max_per_address: int = _setting(10, "Signups (accepted or not) per client address within signup_window_s before further ones answer 429.")
+    signup_max_per_relay: int = _setting(200, "Signups (accepted or not) to this relay process, from all addresses, within signup_window_s before further ones answer 429.")
+    signup_window_s: int = _setting(3600, "The sliding window of the signup limits and of user_create_refusals_per_org, in seconds.")
+    user_create_refusals_per_org: int = _setting(10, "POST /admin/users answers refused because the email already has an account (in any org) per org within signup_window_s before further creations answer 429.")
+    password_workers: int = _setting(2, "Password hashes (argon2id, password_memory_kib each) computed at once, in a thread pool of their own so that they never delay database reads.")
+    password_queue: int = _setting(16, "Password hashes that may wait for a free worker; beyond that, signups, logins and password changes answer 503 with Retry-After at once.")
     enrollment_code_ttl_s: int = _setting(900, "Default lifetime of an enrollment code, in seconds.")
     enrollment_code_max_ttl_s: int = _setting(7 * 86400, "Longest lifetime an admin may give an enrollment code.")
     token_request_skew_s: int = _setting(120, "How far a device's signed token request timestamp may be from the relay clock.")
@@ -59,9 +65,13 @@ class Settings:
         for name in ("access_token_ttl_s", "device_token_ttl_s", "refresh_token_ttl_s", "enrollment_code_ttl_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit"):
+        for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit",
+                     "signup_max_per_address", "signup_max_per_relay", "signup_window_s", "password_workers",
+                     "user_create_refusals_per_org"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.password_queue < 0:
+            raise ValueError("password_queue must not be negative")
         if not 0 <= self.refresh_reuse_grace_s <= 60:
             raise ValueError("refresh_reuse_grace_s must be between 0 and 60 seconds")
         if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:

@@ -33,7 +33,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coact.relay import queries as q
 from coact.relay import schema as s
-from coact.relay.errors import Conflict, Gone, NotFound
+from coact.relay.errors import Conflict, EmailTaken, Gone, NotFound
 from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
 from coact.relay.ids import new_id
 from coact.relay.prepared import column_json
@@ -313,7 +313,7 @@ class Store:
                 self._record_event(conn, org_id, "user.signup", {"user_id": user_id, "role": "admin"})
             await self._write(_body)
         except IntegrityError as exc:
-            raise Conflict("an account with this email already exists") from exc
+            raise EmailTaken("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
         assert user is not None
         return user
@@ -478,7 +478,7 @@ class Store:
                 self._record_event(conn, org_id, "user.created", {"user_id": user_id, "role": role, "by": by})
             await self._write(_body)
         except IntegrityError as exc:
-            raise Conflict("an account with this email already exists") from exc
+            raise EmailTaken("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
         assert user is not None
         return user

@@ -81,6 +81,14 @@ class UserEnvelope(Response):
     user: User
 
 
+class SignupAccepted(Response):
+    """The answer to every acceptable signup, whether or not the email already had an
+    account (decision 66): nothing in it, its status or its timing tells them apart."""
+
+    email: str = Field(description="The normalised email; log in with it and the password given.")
+    detail: str
+
+
 # -- devices ---------------------------------------------------------------------------
 
 Tag = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
