@@ -30,7 +30,7 @@ from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
 from coact.relay.problems import problem_middleware
-from coact.relay.routing import Access, Principal, Route, RouteTable, install
+from coact.relay.routing import BODY_TIMEOUT, Access, Principal, Route, RouteTable, install
 from coact.relay.services import (
     Services,
     email_refusals,
@@ -71,6 +71,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     routes = install(app, ROUTE_TABLES, _authenticate)
     app[ROUTES] = routes
+    app[BODY_TIMEOUT] = settings.http_body_timeout_s
     setup_security_headers(app)
     stream_api.setup(app)
     app[meta_api.OPENAPI] = build_openapi(routes, VERSION, settings.effective_public_url)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aiohttp import web
 
 from coact.relay.settings import Settings, settings_from_env
 
@@ -34,6 +33,7 @@ def relay_group() -> None:
 def serve(data_dir: Path | None, host: str | None, port: int | None, database_url: str | None, audit_url: str | None) -> None:
     """Serve the relay until interrupted."""
     from coact.relay.app import create_app
+    from coact.relay.server import run
 
     settings = load_settings(data_dir=data_dir, host=host, port=port, database_url=database_url, audit_url=audit_url)
     logging.basicConfig(
@@ -41,7 +41,7 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, database_ur
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     click.echo(f"coact relay listening on {settings.effective_public_url} (data in {settings.data_dir})", err=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+    run(create_app(settings), settings)
 
 
 @relay_group.group("keys")

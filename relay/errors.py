@@ -9,6 +9,7 @@ RFC 9457 ``application/problem+json`` responses in one place.
         ├── NotFound               404  absent, or in another org (never leak which)
         ├── Conflict               409  state does not allow it (e.g. cancel a finished task)
         │   └── EmailTaken         409  the email already has an account (emails are relay-wide)
+        ├── RequestTimeout         408  the request body arrived too slowly (the connection closes)
         ├── Gone                   410  enrollment code expired, used or revoked
         ├── PayloadTooLarge        413
         ├── TooManyRequests        429  login attempts over the limit (Retry-After header)
@@ -70,6 +71,12 @@ class Conflict(RelayError):
 class EmailTaken(Conflict):
     """Raised by the store when an email already has an account, in any org. Routes
     decide what the caller may learn of it (decisions 66, 67)."""
+
+
+class RequestTimeout(RelayError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
 
 
 class Gone(RelayError):
