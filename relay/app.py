@@ -37,6 +37,7 @@ from coact.relay.services import (
     login_limits,
     password_pool,
     signup_limits,
+    task_quotas,
     token_issuer,
 )
 from coact.relay.settings import Settings
@@ -94,7 +95,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             issuer=token_issuer(settings, keyring, clock), passwords=passwords,
             events=events, audit=audit, hub=Hub(store, audit, events, settings),
             login_limits=login_limits(settings, clock), signup_limits=signup_limits(settings, clock),
-            email_refusals=email_refusals(settings, clock),
+            email_refusals=email_refusals(settings, clock), task_quotas=task_quotas(settings, clock),
         )
         app[SERVICES] = svc
         inserter = asyncio.create_task(audit.run_inserter(), name="audit-inserter")

@@ -13,7 +13,7 @@ from coact.relay.events import EventBus
 from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.passwords import PasswordHasher, PasswordParams, PasswordPool
-from coact.relay.ratelimit import FailureWindow, LoginLimits, SignupLimits
+from coact.relay.ratelimit import FailureWindow, LoginLimits, SignupLimits, TaskQuotas, TokenBuckets
 from coact.relay.routing import Access, Principal
 from coact.relay.settings import Settings
 from coact.relay.storage import Row, Store
@@ -55,6 +55,7 @@ class Services:
     signup_limits: SignupLimits
     # Emails refused to POST /admin/users, per org (decision 67).
     email_refusals: FailureWindow
+    task_quotas: TaskQuotas
 
     async def authenticate(self, request: web.Request, access: Access) -> Principal | None:
         """Resolve the caller for a route; None for public routes and missing tokens."""
@@ -105,6 +106,13 @@ def signup_limits(settings: Settings, clock: Clock) -> SignupLimits:
 
 def email_refusals(settings: Settings, clock: Clock) -> FailureWindow:
     return FailureWindow(settings.user_create_refusals_per_org, settings.signup_window_s, clock.monotonic)
+
+
+def task_quotas(settings: Settings, clock: Clock) -> TaskQuotas:
+    return TaskQuotas(
+        TokenBuckets(settings.task_create_rate_per_user, settings.task_create_burst_per_user, clock.monotonic),
+        TokenBuckets(settings.task_create_rate_per_org, settings.task_create_burst_per_org, clock.monotonic),
+    )
 
 
 def token_issuer(settings: Settings, keyring: KeyRing, clock: Clock) -> TokenIssuer:

@@ -227,6 +227,12 @@ class AuditQuery(Request):
     cursor: str | None = Field(default=None, max_length=128)
 
 
+class BatchQuery(Request):
+    device_id: str | None = Field(default=None, max_length=128)
+    limit: int = Field(default=1000, ge=1, le=5000)
+    cursor: str | None = Field(default=None, max_length=160)
+
+
 class AuditRecordOut(Response):
     device_id: str
     seq: int
