@@ -33,6 +33,8 @@ TEST_ENV = {
     "COACT_TASK_CREATE_BURST_PER_USER": "1000000",
     "COACT_TASK_CREATE_RATE_PER_ORG": "1000000",
     "COACT_TASK_CREATE_BURST_PER_ORG": "1000000",
+    # Simulated fleets connect thousands of agents from 127.0.0.1.
+    "COACT_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
 }
 PASSWORD = "correct horse battery staple"
 PG_URL = os.environ.get("COACT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
