@@ -614,8 +614,8 @@ def audit_verify(relay_url: str | None, profile: str, output: str, clickhouse_ur
     if clickhouse_url is None:
         assert session is not None
         records = fetch_audit(session, {"device_id": device_id})
-        batches = [b for b in session.get("/audit/batches")["items"]
-                   if device_id is None or b["device_id"] == device_id]
+        by_device: dict[str, Any] = {"device_id": device_id} if device_id else {}
+        batches = list(session.pages("/audit/batches", page_size=5000, **by_device))
     else:
         if org_id is None:
             assert session is not None

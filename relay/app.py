@@ -30,8 +30,16 @@ from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
 from coact.relay.openapi import build_openapi
 from coact.relay.problems import problem_middleware
-from coact.relay.routing import Access, Principal, Route, RouteTable, install
-from coact.relay.services import Services, login_limits, password_hasher, token_issuer
+from coact.relay.routing import BODY_TIMEOUT, Access, Principal, Route, RouteTable, install
+from coact.relay.services import (
+    Services,
+    email_refusals,
+    login_limits,
+    password_pool,
+    signup_limits,
+    task_quotas,
+    token_issuer,
+)
 from coact.relay.settings import Settings
 from coact.relay.storage import Store
 from coact.shared.canonical import use_orjson
@@ -64,6 +72,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_body_bytes)
     routes = install(app, ROUTE_TABLES, _authenticate)
     app[ROUTES] = routes
+    app[BODY_TIMEOUT] = settings.http_body_timeout_s
     setup_security_headers(app)
     stream_api.setup(app)
     app[meta_api.OPENAPI] = build_openapi(routes, VERSION, settings.effective_public_url)
@@ -80,11 +89,13 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
         await asyncio.to_thread(sink.ensure_schema)
         audit = AuditPipeline(store, sink, identity_key, interval_s=settings.audit_insert_interval_s)
         events = EventBus(settings.event_stream_buffer_bytes)
+        passwords = await asyncio.to_thread(password_pool, settings, clock)  # hashes its dummy once
         svc = Services(
             settings=settings, clock=clock, store=store, keyring=keyring,
-            issuer=token_issuer(settings, keyring, clock), passwords=password_hasher(settings),
+            issuer=token_issuer(settings, keyring, clock), passwords=passwords,
             events=events, audit=audit, hub=Hub(store, audit, events, settings),
-            login_limits=login_limits(settings, clock),
+            login_limits=login_limits(settings, clock), signup_limits=signup_limits(settings, clock),
+            email_refusals=email_refusals(settings, clock), task_quotas=task_quotas(settings, clock),
         )
         app[SERVICES] = svc
         inserter = asyncio.create_task(audit.run_inserter(), name="audit-inserter")
@@ -107,6 +118,7 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             await _stop([inserter])
             await store.close()
             await asyncio.to_thread(sink.close)
+            passwords.close()
 
     app.cleanup_ctx.append(resources)
     return app

@@ -280,8 +280,9 @@ class AuditPipeline:
         result: list[dict[str, Any]] = await self._sink("records", org_id, **query)
         return result
 
-    async def batches(self, org_id: str, device_id: str | None = None) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._sink("batches", org_id, device_id)
+    async def batches(self, org_id: str, device_id: str | None = None, *, after: tuple[str, int] | None = None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._sink("batches", org_id, device_id, after=after, limit=limit)
         return result
 
     async def public_keys(self, org_id: str) -> dict[str, str]:

@@ -382,18 +382,28 @@ class AuditStore:
             out.append(record)
         return out
 
-    def batches(self, org_id: str, device_id: str | None = None) -> list[dict[str, Any]]:
-        """One org's signed batches ordered by ``(device_id, last_seq)``."""
+    def batches(self, org_id: str, device_id: str | None = None, *, after: tuple[str, int] | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
+        """One org's signed batches ordered by ``(device_id, last_seq)``: those after
+        ``after`` (a ``(device_id, last_seq)`` cursor), at most ``limit`` (None: all,
+        for the operator's own `coact audit verify --clickhouse-url`)."""
         where = "org_id = {org:String}"
         params: dict[str, Any] = {"org": org_id}
         if device_id is not None:
             where += " AND device_id = {device:String}"
             params["device"] = device_id
+        if after is not None:
+            where += " AND (device_id, last_seq) > ({after_device:String}, {after_seq:UInt64})"
+            params["after_device"], params["after_seq"] = after
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT {limit:UInt64}"
+            params["limit"] = limit
         columns = (*_BATCH_COLUMNS, "received_at")
         with self._guard() as client:
             rows = client.query(
                 f"SELECT {', '.join(columns)} FROM {self._db}.audit_batches FINAL "
-                f"WHERE {where} ORDER BY device_id, last_seq",
+                f"WHERE {where} ORDER BY device_id, last_seq{tail}",
                 parameters=params,
             ).result_rows
         out = []

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aiohttp import web
 
 from coact.relay.settings import Settings, settings_from_env
 
@@ -37,6 +36,7 @@ def relay_group() -> None:
 def serve(data_dir: Path | None, host: str | None, port: int | None, database_url: str | None, audit_url: str | None) -> None:
     """Serve the relay until interrupted."""
     from coact.relay.app import create_app
+    from coact.relay.server import run
 
     settings = load_settings(data_dir=data_dir, host=host, port=port, database_url=database_url, audit_url=audit_url)
     logging.basicConfig(
@@ -44,7 +44,7 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, database_ur
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     click.echo(f"coact relay listening on {settings.effective_public_url} (data in {settings.data_dir})", err=True)
-    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None, access_log=None)
+    run(create_app(settings), settings)
 
 
 @relay_group.group("keys")
@@ -86,7 +86,7 @@ def create_admin(data_dir: Path | None, database_url: str | None, email: str, or
     relay's machine, against its state database, with no HTTP involved. The relay may be
     running or not.
     """
-    from coact.relay.errors import Conflict
+    from coact.relay.errors import EmailTaken
     from coact.relay.passwords import check_password_strength
 
     settings = load_settings(data_dir=data_dir, database_url=database_url)
@@ -102,7 +102,7 @@ def create_admin(data_dir: Path | None, database_url: str | None, email: str, or
         raise click.UsageError(f"password: {problem}")
     try:
         user = asyncio.run(_create_admin(settings, address, password, org_name or address))
-    except Conflict as exc:
+    except EmailTaken as exc:
         raise click.ClickException(f"{exc}; log in with it, or choose another --email") from None
     if output == "json":
         click.echo(json.dumps({k: user[k] for k in ("id", "org_id", "email", "role", "created_at")}))
@@ -113,14 +113,16 @@ def create_admin(data_dir: Path | None, database_url: str | None, email: str, or
 
 async def _create_admin(settings: Settings, email: str, password: str, org_name: str) -> dict[str, Any]:
     from coact.relay.keyring import KeyRing
-    from coact.relay.services import password_hasher
+    from coact.relay.passwords import PasswordHasher, PasswordParams
     from coact.relay.storage import Store
     from coact.shared.clock import SystemClock
     from coact.shared.keys import public_key_b64
 
     clock = SystemClock()
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password_hash = await asyncio.to_thread(password_hasher(settings).hash, password)
+    hasher = PasswordHasher(
+        PasswordParams(settings.password_time_cost, settings.password_memory_kib, settings.password_parallelism))
+    password_hash = await asyncio.to_thread(hasher.hash, password)
     # The identity key names the relay's audit chain the org's creation is recorded in;
     # made here if the relay never ran, exactly as the relay itself would make it.
     identity = await asyncio.to_thread(KeyRing.load_or_create, settings.data_dir / "keys" / "identity", clock)

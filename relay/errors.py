@@ -8,11 +8,14 @@ RFC 9457 ``application/problem+json`` responses in one place.
         ├── Forbidden              403  authenticated, but the role may not do this
         ├── NotFound               404  absent, or in another org (never leak which)
         ├── Conflict               409  state does not allow it (e.g. cancel a finished task)
+        │   └── EmailTaken         409  the email already has an account (emails are relay-wide)
+        ├── RequestTimeout         408  the request body arrived too slowly (the connection closes)
         ├── Gone                   410  enrollment code expired, used or revoked
         ├── PayloadTooLarge        413
         ├── TooManyRequests        429  login attempts over the limit (Retry-After header)
         └── ServiceUnavailable     503  a backing store is down
-            └── ConnectsBusy       503  too many devices connecting at once (Retry-After header)
+            ├── ConnectsBusy       503  too many devices connecting at once (Retry-After header)
+            └── HashingBusy        503  the password-hashing pool is full (Retry-After header)
 """
 
 from __future__ import annotations
@@ -65,6 +68,17 @@ class Conflict(RelayError):
     title = "Conflict"
 
 
+class EmailTaken(Conflict):
+    """Raised by the store when an email already has an account, in any org. Routes
+    decide what the caller may learn of it (decisions 66, 67)."""
+
+
+class RequestTimeout(RelayError):
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
 class Gone(RelayError):
     status = 410
     slug = "gone"
@@ -102,3 +116,11 @@ class ConnectsBusy(ServiceUnavailable):
 
     def __init__(self, retry_after: int) -> None:
         super().__init__("too many devices are connecting; try again after Retry-After", retry_after=retry_after)
+
+
+class HashingBusy(ServiceUnavailable):
+    """A password to hash or check turned away because the hashing pool and its queue
+    are full (coact.relay.passwords.PasswordPool): a signup or login flood."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("the relay is busy checking passwords; try again after Retry-After", retry_after=retry_after)

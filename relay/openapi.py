@@ -69,6 +69,8 @@ def build_openapi(routes: list[Route], version: str, server_url: str) -> dict[st
                 "description": "Success", "content": {"application/json": {"schema": body_schema}},
             }
         errors = set(route.errors) | {400, 500} | (set() if route.access.kind == "public" else {401, 403})
+        if route.body is not None:
+            errors |= {408, 413}  # a body too slow (http_body_timeout_s) or too large (max_body_bytes)
         for status in sorted(errors):
             operation["responses"][str(status)] = {
                 "description": "Problem (RFC 9457)",

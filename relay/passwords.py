@@ -11,12 +11,22 @@ digits) still matches.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import secrets
 import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
+
+from coact.relay.errors import HashingBusy
+
+T = TypeVar("T")
+Monotonic = Callable[[], float]
 
 MIN_PASSWORD_CHARS = 12
 # An upper bound keeps one login request from costing unbounded work and memory.
@@ -109,3 +119,63 @@ def check_password_strength(password: str) -> str | None:
     if len(set(normalized)) == 1:
         return "password must not be one character repeated"
     return None
+
+
+class PasswordPool:
+    """Password hashing off the event loop, in its own bounded pool.
+
+    argon2 with production parameters costs ~64 MiB and tens of milliseconds of CPU a
+    hash. Run in the default thread pool, a flood of unauthenticated signups queued
+    ahead of every database read the relay makes (``asyncio.to_thread``), and other
+    clients' ``GET /me`` went from milliseconds to seconds. Here at most ``workers``
+    hashes run at once (bounding memory too) and at most ``queue`` more wait; beyond
+    that a call raises :class:`HashingBusy` (503 with Retry-After) at once, so the
+    flood costs its senders, not everybody else.
+    """
+
+    def __init__(self, hasher: PasswordHasher, *, workers: int, queue: int, monotonic: Monotonic) -> None:
+        if workers < 1 or queue < 0:
+            raise ValueError("workers must be at least 1 and queue at least 0")
+        self._hasher = hasher
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._workers = workers
+        self._capacity = workers + queue
+        self._monotonic = monotonic
+        self._in_flight = 0
+        # A running estimate of one hash's duration, for Retry-After.
+        self._seconds_per_hash = 0.1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def retry_after(self) -> int:
+        """Whole seconds until the work queued now is likely done; at least 1."""
+        return max(1, math.ceil(self._in_flight / self._workers * self._seconds_per_hash))
+
+    async def _run(self, work: Callable[[], T]) -> T:
+        if self._in_flight >= self._capacity:
+            raise HashingBusy(self.retry_after())
+        self._in_flight += 1
+        try:
+            started = self._monotonic()
+            result = await asyncio.get_running_loop().run_in_executor(self._executor, work)
+            self._seconds_per_hash = 0.8 * self._seconds_per_hash + 0.2 * (self._monotonic() - started)
+            return result
+        finally:
+            self._in_flight -= 1
+
+    async def hash(self, password: str) -> str:
+        return await self._run(lambda: self._hasher.hash(password))
+
+    async def verify(self, stored_hash: str, password: str) -> bool:
+        return await self._run(lambda: self._hasher.verify(stored_hash, password))
+
+    async def dummy_verify(self, password: str) -> None:
+        await self._run(lambda: self._hasher.dummy_verify(password))
+
+    def needs_rehash(self, stored_hash: str) -> bool:
+        return self._hasher.needs_rehash(stored_hash)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -36,7 +36,10 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         level = exc.log_level or (logging.WARNING if isinstance(exc, Unauthorized) or exc.status >= 500
                                   else logging.INFO)
         log.log(level, "%s %s -> %d %s", request.method, request.path, exc.status, exc.detail)
-        return problem_response(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
+        answer = problem_response(exc.status, exc.slug, exc.title, exc.detail, **exc.extra)
+        if exc.status == 408:
+            answer.force_close()  # the rest of a dripped body is not worth waiting for
+        return answer
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

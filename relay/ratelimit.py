@@ -103,8 +103,106 @@ class LoginLimits:
         self.accounts.fail(account)
         self.addresses.fail(address)
 
+    def withdraw(self, account: str, address: str) -> None:
+        """Take back an attempt that was never judged (the hashing pool was full)."""
+        self.accounts.forgive(account)
+        self.addresses.forgive(address)
+
     def succeeded(self, account: str, address: str) -> None:
         """A good login clears the account's failures and takes back its own attempt
         from the address — but not the failures others sent from it (NAT, proxy)."""
         self.accounts.reset(account)
         self.addresses.forgive(address)
+
+
+@dataclass
+class SignupLimits:
+    """The relay's signup throttles: per client address and for the whole relay.
+
+    Every signup counts, accepted or not: each costs a full password hash, and the
+    answer does not say whether an account was made (decision 66). A global window
+    is safe here, unlike for logins: legitimate signups are rare, and a flood that
+    fills it blocks new organisations for a while, never an existing user's login.
+    """
+
+    addresses: FailureWindow
+    relay: FailureWindow
+
+    RELAY_KEY = "*"
+
+    @classmethod
+    def create(cls, per_address: int, per_relay: int, window_s: float, clock: Monotonic) -> SignupLimits:
+        return cls(FailureWindow(per_address, window_s, clock), FailureWindow(per_relay, window_s, clock, max_keys=1))
+
+    def retry_after(self, address: str) -> int:
+        wait = max(self.addresses.retry_after(address), self.relay.retry_after(self.RELAY_KEY))
+        return math.ceil(wait)
+
+    def attempt(self, address: str) -> None:
+        self.addresses.fail(address)
+        self.relay.fail(self.RELAY_KEY)
+
+    def withdraw(self, address: str) -> None:
+        """Take back an attempt that cost no hash (the hashing pool was full)."""
+        self.addresses.forgive(address)
+        self.relay.forgive(self.RELAY_KEY)
+
+
+class TokenBuckets:
+    """A token bucket per key: ``burst`` at most, refilled at ``rate`` a second.
+
+    For quotas on authenticated work (task creation per user and per org), where the
+    steady rate matters and a sliding window of timestamps would cost memory per
+    request. A key whose bucket is full again is forgotten, so memory follows the
+    keys active in the last ``burst / rate`` seconds, and at most ``max_keys``.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Monotonic, max_keys: int = 100_000) -> None:
+        if rate <= 0 or burst < 1 or max_keys < 1:
+            raise ValueError("rate, burst and max_keys must be positive")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
+
+    def _tokens(self, key: str, now: float) -> float:
+        tokens, at = self._buckets.get(key, (float(self.burst), now))
+        return min(float(self.burst), tokens + (now - at) * self.rate)
+
+    def retry_after(self, key: str) -> float:
+        """Seconds until ``key`` has a token; 0 if it has one now."""
+        tokens = self._tokens(key, self._clock())
+        return 0.0 if tokens >= 1 else (1 - tokens) / self.rate
+
+    def take(self, key: str) -> None:
+        now = self._clock()
+        tokens = self._tokens(key, now) - 1
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        while len(self._buckets) > self._max_keys:
+            self._buckets.popitem(last=False)
+        # Forget buckets that have refilled: the oldest first, a few per call.
+        for _ in range(2):
+            oldest = next(iter(self._buckets))
+            if oldest == key or self._tokens(oldest, now) < self.burst:
+                break
+            del self._buckets[oldest]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+@dataclass
+class TaskQuotas:
+    """Task creation quotas per user and per org (token buckets)."""
+
+    users: TokenBuckets
+    orgs: TokenBuckets
+
+    def retry_after(self, user_id: str, org_id: str) -> int:
+        return math.ceil(max(self.users.retry_after(user_id), self.orgs.retry_after(org_id)))
+
+    def take(self, user_id: str, org_id: str) -> None:
+        self.users.take(user_id)
+        self.orgs.take(org_id)

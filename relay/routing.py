@@ -7,6 +7,7 @@ without an explicit :class:`Access` cannot be declared.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -16,8 +17,12 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from coact.relay.errors import BadRequest, Forbidden, NotFound, Unauthorized
-from coact.shared.wire import refuse_non_finite
+from coact.relay.errors import BadRequest, Forbidden, NotFound, RequestTimeout, Unauthorized
+from coact.relay.jsonbody import decode_json_body
+
+# Seconds a request body may take to arrive (settings.http_body_timeout_s).
+BODY_TIMEOUT: web.AppKey[float] = web.AppKey("body_timeout", float)
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 ROLES = frozenset({"admin", "operator", "approver", "viewer"})
 ID_PATTERN = re.compile(r"^[a-z]{2,4}_[0-9a-z]{26}$")
@@ -133,11 +138,13 @@ def _validation_detail(exc: ValidationError, where: str) -> str:
 async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
     if request.content_type != "application/json":
         raise BadRequest(f"expected Content-Type application/json, got {request.content_type or 'none'}")
-    raw = await request.read()
     try:
-        data = json.loads(raw, parse_constant=refuse_non_finite) if raw else None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+        async with asyncio.timeout(request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT_S)):
+            raw = await request.read()
+    except TimeoutError:
+        # A body dripped a byte at a time would hold the handler and its socket forever.
+        raise RequestTimeout("the request body did not arrive in time") from None
+    data = decode_json_body(raw) if raw else None
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     try:

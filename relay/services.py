@@ -12,8 +12,8 @@ from coact.relay.errors import Forbidden, Unauthorized
 from coact.relay.events import EventBus
 from coact.relay.hub import Hub
 from coact.relay.keyring import KeyRing
-from coact.relay.passwords import PasswordHasher, PasswordParams
-from coact.relay.ratelimit import LoginLimits
+from coact.relay.passwords import PasswordHasher, PasswordParams, PasswordPool
+from coact.relay.ratelimit import FailureWindow, LoginLimits, SignupLimits, TaskQuotas, TokenBuckets
 from coact.relay.routing import Access, Principal
 from coact.relay.settings import Settings
 from coact.relay.storage import Row, Store
@@ -46,12 +46,16 @@ class Services:
     store: Store
     keyring: KeyRing
     issuer: TokenIssuer
-    passwords: PasswordHasher
+    passwords: PasswordPool
     events: EventBus
     audit: AuditPipeline
     hub: Hub
     # Per relay process, in memory (see coact.relay.ratelimit).
     login_limits: LoginLimits
+    signup_limits: SignupLimits
+    # Emails refused to POST /admin/users, per org (decision 67).
+    email_refusals: FailureWindow
+    task_quotas: TaskQuotas
 
     async def authenticate(self, request: web.Request, access: Access) -> Principal | None:
         """Resolve the caller for a route; None for public routes and missing tokens."""
@@ -80,15 +84,34 @@ class Services:
         return device
 
 
-def password_hasher(settings: Settings) -> PasswordHasher:
-    return PasswordHasher(
+def password_pool(settings: Settings, clock: Clock) -> PasswordPool:
+    hasher = PasswordHasher(
         PasswordParams(settings.password_time_cost, settings.password_memory_kib, settings.password_parallelism)
     )
+    return PasswordPool(hasher, workers=settings.password_workers, queue=settings.password_queue,
+                        monotonic=clock.monotonic)
 
 
 def login_limits(settings: Settings, clock: Clock) -> LoginLimits:
     return LoginLimits.create(
         settings.login_max_failures, settings.login_max_per_address, settings.login_window_s, clock.monotonic
+    )
+
+
+def signup_limits(settings: Settings, clock: Clock) -> SignupLimits:
+    return SignupLimits.create(
+        settings.signup_max_per_address, settings.signup_max_per_relay, settings.signup_window_s, clock.monotonic
+    )
+
+
+def email_refusals(settings: Settings, clock: Clock) -> FailureWindow:
+    return FailureWindow(settings.user_create_refusals_per_org, settings.signup_window_s, clock.monotonic)
+
+
+def task_quotas(settings: Settings, clock: Clock) -> TaskQuotas:
+    return TaskQuotas(
+        TokenBuckets(settings.task_create_rate_per_user, settings.task_create_burst_per_user, clock.monotonic),
+        TokenBuckets(settings.task_create_rate_per_org, settings.task_create_burst_per_org, clock.monotonic),
     )
 
 

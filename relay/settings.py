@@ -36,6 +36,12 @@ class Settings:
     login_max_failures: int = _setting(5, "Failed logins per account (email, known or not) within login_window_s before further attempts answer 429.")
     login_max_per_address: int = _setting(20, "Failed logins per client address within login_window_s before further attempts answer 429.")
     login_window_s: int = _setting(900, "The sliding window of the login failure limits, in seconds.")
+    signup_max_per_address: int = _setting(10, "Signups (accepted or not) per client address within signup_window_s before further ones answer 429.")
+    signup_max_per_relay: int = _setting(200, "Signups (accepted or not) to this relay process, from all addresses, within signup_window_s before further ones answer 429.")
+    signup_window_s: int = _setting(3600, "The sliding window of the signup limits and of user_create_refusals_per_org, in seconds.")
+    user_create_refusals_per_org: int = _setting(10, "POST /admin/users answers refused because the email already has an account (in any org) per org within signup_window_s before further creations answer 429.")
+    password_workers: int = _setting(2, "Password hashes (argon2id, password_memory_kib each) computed at once, in a thread pool of their own so that they never delay database reads.")
+    password_queue: int = _setting(16, "Password hashes that may wait for a free worker; beyond that, signups, logins and password changes answer 503 with Retry-After at once.")
     enrollment_code_ttl_s: int = _setting(900, "Default lifetime of an enrollment code, in seconds.")
     enrollment_code_max_ttl_s: int = _setting(7 * 86400, "Longest lifetime an admin may give an enrollment code.")
     token_request_skew_s: int = _setting(120, "How far a device's signed token request timestamp may be from the relay clock.")
@@ -43,8 +49,17 @@ class Settings:
     password_memory_kib: int = _setting(65536, "argon2id memory in KiB.")
     password_parallelism: int = _setting(4, "argon2id lanes.")
     max_body_bytes: int = _setting(1024 * 1024, "Largest accepted HTTP request body.")
+    page_max_bytes: int = _setting(8 * 1024 * 1024, "A page of GET /tasks stops once its tasks' params and results pass this many bytes of JSON (it always holds at least one task); next_cursor continues after it.")
+    max_connections: int = _setting(60000, "Open TCP connections (HTTP and WebSocket) the relay keeps at once; more are closed as they are accepted. Keep it below the process's file-descriptor limit (the systemd unit sets LimitNOFILE=65536).")
+    max_connections_per_address: int = _setting(4096, "Open TCP connections from one client address; more are closed as they are accepted. Devices behind one NAT address share it: raise it for a larger fleet behind one address.")
+    http_idle_timeout_s: float = _setting(15.0, "Seconds a connection may take to send a complete request head, from its opening or from its previous response; then it is closed (bounds idle and header-dripping sockets).")
+    http_body_timeout_s: float = _setting(30.0, "Seconds a request body may take to arrive in full; slower ones answer 408 and the connection closes.")
     device_connect_limit: int = _setting(256, "Device connects served at once (a token request, then the agent socket until its welcome). More answer 503 with Retry-After, so a fleet reconnecting all at once is served in turn instead of every connect timing out together.")
     presence_timeout_s: float = _setting(60.0, "A device with no frame for this long is closed and shown offline.")
+    task_create_rate_per_user: float = _setting(1000.0, "Tasks one user may create per second, sustained; beyond the burst, POST /tasks answers 429 with Retry-After.")
+    task_create_burst_per_user: int = _setting(10_000, "Tasks one user may create at once before task_create_rate_per_user applies.")
+    task_create_rate_per_org: float = _setting(5000.0, "Tasks one org's users together may create per second, sustained.")
+    task_create_burst_per_org: int = _setting(50_000, "Tasks one org may create at once before task_create_rate_per_org applies.")
     task_default_timeout_s: int = _setting(60, "Execution timeout of a task that names none.")
     task_default_ttl_s: int = _setting(86400, "How long a queued task waits for an offline device before it expires, if it names no expires_at.")
     sweep_interval_s: float = _setting(1.0, "How often expired and timed-out tasks are settled.")
@@ -62,9 +77,18 @@ class Settings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("login_max_failures", "login_max_per_address", "login_window_s", "device_connect_limit",
+                     "signup_max_per_address", "signup_max_per_relay", "signup_window_s", "password_workers",
+                     "user_create_refusals_per_org", "max_connections", "max_connections_per_address",
+                     "page_max_bytes", "task_create_burst_per_user", "task_create_burst_per_org",
                      "event_streams_per_user"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
+            raise ValueError("http_idle_timeout_s and http_body_timeout_s must be positive")
+        if self.task_create_rate_per_user <= 0 or self.task_create_rate_per_org <= 0:
+            raise ValueError("task_create_rate_per_user and task_create_rate_per_org must be positive")
+        if self.password_queue < 0:
+            raise ValueError("password_queue must not be negative")
         if not 0 <= self.refresh_reuse_grace_s <= 60:
             raise ValueError("refresh_reuse_grace_s must be between 0 and 60 seconds")
         if self.access_token_ttl_s > 3600 or self.device_token_ttl_s > 3600:

@@ -9,6 +9,7 @@ disagree; the events are forwarded to ClickHouse later by ``coact.relay.audit``.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from sqlalchemy.exc import IntegrityError
 
 from coact.relay import queries as q
 from coact.relay import schema as s
-from coact.relay.errors import Conflict, Gone, NotFound
+from coact.relay.errors import Conflict, EmailTaken, Gone, NotFound
 from coact.relay.groupcommit import GroupCommit, prepare_sqlite_writer
 from coact.relay.ids import new_id
 from coact.relay.prepared import column_json
@@ -121,6 +122,21 @@ def _touch(rows: list[dict[str, Any]], conn: Connection) -> None:
 
 def _row(row: Any) -> Row:
     return dict(row._mapping)
+
+
+PAGE_CUT = "_page_cut"
+
+
+def task_json_bytes(task: Row) -> int:
+    """About how many bytes a task takes as JSON: its params and result, and a fixed
+    allowance for the other, short fields."""
+    return 512 + len(json.dumps(task.get("params"))) + len(json.dumps(task.get("result")))
+
+
+def page_was_cut(rows: list[Row]) -> bool:
+    """True if :meth:`Store.list_tasks` stopped at its byte budget (its last row is then
+    only a marker and not part of the page)."""
+    return bool(rows) and bool(rows[-1].get(PAGE_CUT))
 
 
 class Store:
@@ -313,7 +329,7 @@ class Store:
                 self._record_event(conn, org_id, "user.signup", {"user_id": user_id, "role": "admin"})
             await self._write(_body)
         except IntegrityError as exc:
-            raise Conflict("an account with this email already exists") from exc
+            raise EmailTaken("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
         assert user is not None
         return user
@@ -478,7 +494,7 @@ class Store:
                 self._record_event(conn, org_id, "user.created", {"user_id": user_id, "role": role, "by": by})
             await self._write(_body)
         except IntegrityError as exc:
-            raise Conflict("an account with this email already exists") from exc
+            raise EmailTaken("an account with this email already exists") from exc
         user = await self.user_by_id(org_id, user_id)
         assert user is not None
         return user
@@ -851,7 +867,17 @@ class Store:
         status: str | None,
         limit: int,
         cursor: str | None,
+        max_bytes: int | None = None,
     ) -> list[Row]:
+        """The org's tasks, newest first: at most ``limit``, and with ``max_bytes``, no
+        more than fit in that many bytes of JSON params and results (at least one).
+
+        A task's result is stored inline and may be megabytes, so a page of 500 could
+        be gigabytes: the rows are streamed (a server-side cursor on PostgreSQL) and
+        reading stops at the budget. A caller told fewer rows than ``limit`` cannot
+        know why; it asks for ``limit + 1`` and reads a short page with
+        :func:`page_was_cut`.
+        """
         t = s.tasks
         query = select(t).where(t.c.org_id == org_id)
         if device_id:
@@ -862,7 +888,23 @@ class Store:
             query = query.where(t.c.id < cursor)
         query = query.order_by(t.c.id.desc()).limit(limit)
         def _body(conn: Connection) -> Any:
-            return [_row(r) for r in conn.execute(query)]
+            if max_bytes is None:
+                return [_row(r) for r in conn.execute(query)]
+            rows: list[Row] = []
+            spent = 0
+            result = conn.execution_options(stream_results=True, max_row_buffer=50).execute(query)
+            try:
+                for raw in result:
+                    row = _row(raw)
+                    spent += task_json_bytes(row)
+                    if rows and spent > max_bytes:
+                        row[PAGE_CUT] = True
+                        rows.append(row)  # marks the cut; the caller drops it
+                        break
+                    rows.append(row)
+            finally:
+                result.close()
+            return rows
         return await self._read(_body)
 
     async def deliverable_tasks(self, device_id: str, *, redeliver: bool = True, limit: int = 500) -> list[Row]:

@@ -25,6 +25,16 @@ TEST_ENV = {
     "COACT_PASSWORD_MEMORY_KIB": "8192",
     "COACT_PASSWORD_PARALLELISM": "1",
     "COACT_LOG_LEVEL": "INFO",
+    # Test modules sign up many orgs from 127.0.0.1; tests of the limits set their own.
+    "COACT_SIGNUP_MAX_PER_ADDRESS": "1000000",
+    "COACT_SIGNUP_MAX_PER_RELAY": "1000000",
+    # Benchmarks create tasks from one user faster than the default quotas allow.
+    "COACT_TASK_CREATE_RATE_PER_USER": "1000000",
+    "COACT_TASK_CREATE_BURST_PER_USER": "1000000",
+    "COACT_TASK_CREATE_RATE_PER_ORG": "1000000",
+    "COACT_TASK_CREATE_BURST_PER_ORG": "1000000",
+    # Simulated fleets connect thousands of agents from 127.0.0.1.
+    "COACT_MAX_CONNECTIONS_PER_ADDRESS": "1000000",
 }
 PASSWORD = "correct horse battery staple"
 PG_URL = os.environ.get("COACT_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -185,9 +195,10 @@ class Relay(Process):
         """Sign up a fresh org; return an API client logged in as its admin, and the user."""
         email = f"admin-{uuid.uuid4().hex[:12]}@example.com"
         api = self.api()
-        user = api.ok("POST", "/api/v1/auth/signup", {"email": email, "password": PASSWORD, "org_name": email})["user"]
+        api.ok("POST", "/api/v1/auth/signup", {"email": email, "password": PASSWORD, "org_name": email}, status=202)
         tokens = api.ok("POST", "/api/v1/auth/login", {"email": email, "password": PASSWORD})
         api.token = tokens["access_token"]
+        user = api.ok("GET", "/api/v1/me")["user"]
         return api, {**user, "email": email, "refresh_token": tokens["refresh_token"]}
 
 

@@ -41,6 +41,9 @@ def test_systemd_units_run_real_commands_hardened() -> None:
 
     agent = _unit("coact-agent.service")["Service"]
     assert agent["Restart"] == "on-failure"
+    # The relay holds a socket per client: its descriptor limit must exceed max_connections.
+    from coact.relay.settings import Settings
+    assert int(_unit("coact-relay.service")["Service"]["LimitNOFILE"]) > Settings().max_connections
     assert agent["RestartPreventExitStatus"] == str(EXIT_REVOKED)
 
 

@@ -3,7 +3,7 @@ and the org's counts. Admins only; everything is scoped to the caller's org."""
 
 from __future__ import annotations
 
-import asyncio
+import math
 
 from coact.relay.api.auth import user_view
 from coact.relay.api.context import services
@@ -16,7 +16,7 @@ from coact.relay.api.models import (
     User,
     UserEnvelope,
 )
-from coact.relay.errors import BadRequest
+from coact.relay.errors import BadRequest, Conflict, EmailTaken, TooManyRequests
 from coact.relay.passwords import check_password_strength
 from coact.relay.routing import ADMIN, Call, RouteTable
 
@@ -34,19 +34,34 @@ async def list_users(call: Call) -> Page[User]:
     return Page[User](items=items, next_cursor=items[-1].id if more else None)
 
 
+EMAIL_REFUSED = "this email cannot be given to a new user"
+
+
 @routes.route("POST", "/api/v1/admin/users", access=ADMIN, body=CreateUserRequest, response=UserEnvelope,
               status=201, summary="Add a user with a role and a first password to the caller's org",
-              errors=(400, 409))
+              errors=(400, 409, 429, 503))
 async def create_user(call: Call) -> UserEnvelope:
     svc = services(call.request)
     body: CreateUserRequest = call.body
+    org_id = call.user.org_id
+    # Anyone can sign up and be an admin, so refused emails are an enumeration oracle
+    # however they are worded: they are few per org, and audited (decision 67).
+    wait = svc.email_refusals.retry_after(org_id)
+    if wait:
+        raise TooManyRequests(f"too many refused emails in this org; try again in {math.ceil(wait)} s",
+                              retry_after=math.ceil(wait))
     problem = check_password_strength(body.password)
     if problem:
         raise BadRequest(f"body.password: {problem}")
-    password_hash = await asyncio.to_thread(svc.passwords.hash, body.password)
-    user = await svc.store.create_user(
-        call.user.org_id, body.email.strip().lower(), password_hash, body.role, call.user.subject
-    )
+    email = body.email.strip().lower()
+    password_hash = await svc.passwords.hash(body.password)
+    try:
+        user = await svc.store.create_user(org_id, email, password_hash, body.role, call.user.subject)
+    except EmailTaken:
+        # One answer whether the account is in this org or another one.
+        svc.email_refusals.fail(org_id)
+        await svc.store.record_event(org_id, "user.create_refused", {"email": email, "by": call.user.subject})
+        raise Conflict(EMAIL_REFUSED) from None
     return UserEnvelope.model_validate({"user": user_view(user)})
 
 

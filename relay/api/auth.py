@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from coact.relay.api.audit import audit_page
@@ -14,11 +13,19 @@ from coact.relay.api.models import (
     LoginRequest,
     Page,
     RefreshRequest,
+    SignupAccepted,
     SignupRequest,
     TokenPair,
     UserEnvelope,
 )
-from coact.relay.errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
+from coact.relay.errors import (
+    BadRequest,
+    EmailTaken,
+    Forbidden,
+    HashingBusy,
+    TooManyRequests,
+    Unauthorized,
+)
 from coact.relay.passwords import check_password_strength
 from coact.relay.routing import ANY_USER, PUBLIC, Call, RouteTable
 from coact.relay.services import Services
@@ -41,20 +48,41 @@ async def _token_pair(svc: Services, user: Row, family_id: str | None = None) ->
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=svc.settings.access_token_ttl_s)
 
 
-@routes.route("POST", "/api/v1/auth/signup", access=PUBLIC, body=SignupRequest, response=UserEnvelope,
-              status=201, summary="Create an organisation and its first user, an admin", errors=(400, 403, 409))
-async def signup(call: Call) -> UserEnvelope:
+SIGNUP_ACCEPTED = ("if this email had no account, it now has one, the admin of a new organisation: "
+                   "log in with it and the password given")
+
+
+@routes.route("POST", "/api/v1/auth/signup", access=PUBLIC, body=SignupRequest, response=SignupAccepted,
+              status=202, summary="Create an organisation and its first user, an admin, if the email has no account",
+              errors=(400, 403, 429, 503))
+async def signup(call: Call) -> SignupAccepted:
     svc = services(call.request)
     body: SignupRequest = call.body
     if not svc.settings.allow_signup:
         raise Forbidden("signup is disabled on this relay")
+    address = client_address(call)
+    wait = svc.signup_limits.retry_after(address)
+    if wait:
+        raise TooManyRequests(f"too many signups; try again in {wait} s", retry_after=wait)
     problem = check_password_strength(body.password)
     if problem:
         raise BadRequest(f"body.password: {problem}")
+    svc.signup_limits.attempt(address)
     email = body.email.strip().lower()
-    password_hash = await asyncio.to_thread(svc.passwords.hash, body.password)
-    user = await svc.store.create_org_with_admin(email, password_hash, body.org_name or email)
-    return UserEnvelope.model_validate({"user": user_view(user)})
+    # The same work whether or not the email is taken: a real hash and an insert.
+    try:
+        password_hash = await svc.passwords.hash(body.password)
+    except HashingBusy:
+        svc.signup_limits.withdraw(address)
+        raise
+    try:
+        await svc.store.create_org_with_admin(email, password_hash, body.org_name or email)
+    except EmailTaken:
+        existing = await svc.store.user_by_email(email)
+        if existing is not None:
+            # The account's admins see the attempt; the caller learns nothing.
+            await svc.store.record_event(existing["org_id"], "user.signup_refused", {"user_id": existing["id"]})
+    return SignupAccepted(email=email, detail=SIGNUP_ACCEPTED)
 
 
 def client_address(call: Call) -> str:
@@ -71,7 +99,7 @@ def check_login_limits(svc: Services, account: str, address: str) -> None:
 
 
 @routes.route("POST", "/api/v1/auth/login", access=PUBLIC, body=LoginRequest, response=TokenPair,
-              summary="Exchange email and password for an access and a refresh token", errors=(400, 401, 429))
+              summary="Exchange email and password for an access and a refresh token", errors=(400, 401, 429, 503))
 async def login(call: Call) -> TokenPair:
     svc = services(call.request)
     body: LoginRequest = call.body
@@ -79,16 +107,21 @@ async def login(call: Call) -> TokenPair:
     check_login_limits(svc, email, address)
     svc.login_limits.attempt(email, address)
     user = await svc.store.user_by_email(email)
-    if user is None:
-        # Same work, same answer as a wrong password: no account enumeration.
-        await asyncio.to_thread(svc.passwords.dummy_verify, body.password)
-        raise Unauthorized(BAD_LOGIN)
-    if not await asyncio.to_thread(svc.passwords.verify, user["password_hash"], body.password) or user["disabled"]:
+    try:
+        if user is None:
+            # Same work, same answer as a wrong password: no account enumeration.
+            await svc.passwords.dummy_verify(body.password)
+            raise Unauthorized(BAD_LOGIN)
+        matches = await svc.passwords.verify(user["password_hash"], body.password)
+    except HashingBusy:
+        svc.login_limits.withdraw(email, address)  # not a guess: nothing was checked
+        raise
+    if not matches or user["disabled"]:
         await svc.store.record_event(user["org_id"], "user.login_failed", {"user_id": user["id"]})
         raise Unauthorized(BAD_LOGIN)
     svc.login_limits.succeeded(email, address)
     if svc.passwords.needs_rehash(user["password_hash"]):
-        await svc.store.set_password_hash(user["id"], await asyncio.to_thread(svc.passwords.hash, body.password))
+        await svc.store.set_password_hash(user["id"], await svc.passwords.hash(body.password))
     await svc.store.record_event(user["org_id"], "user.login", {"user_id": user["id"]})
     return await _token_pair(svc, user)
 
@@ -143,7 +176,7 @@ async def my_activity(call: Call) -> Page[AuditRecordOut]:
 
 @routes.route("POST", "/api/v1/me/password", access=ANY_USER, body=ChangePasswordRequest, response=TokenPair,
               summary="Change the caller's password; every session ends and a new token pair is returned",
-              errors=(400, 403, 429))
+              errors=(400, 403, 429, 503))
 async def change_my_password(call: Call) -> TokenPair:
     svc = services(call.request)
     body: ChangePasswordRequest = call.body
@@ -155,14 +188,14 @@ async def change_my_password(call: Call) -> TokenPair:
     address = client_address(call)
     check_login_limits(svc, user["email"], address)
     svc.login_limits.attempt(user["email"], address)
-    if not await asyncio.to_thread(svc.passwords.verify, user["password_hash"], body.current_password):
+    if not await svc.passwords.verify(user["password_hash"], body.current_password):
         await svc.store.record_event(user["org_id"], "user.password_change_failed", {"user_id": user["id"]})
         raise Forbidden("body.current_password: that is not your current password")
     svc.login_limits.succeeded(user["email"], address)
     problem = check_password_strength(body.new_password)
     if problem:
         raise BadRequest(f"body.new_password: {problem}")
-    new_hash = await asyncio.to_thread(svc.passwords.hash, body.new_password)
+    new_hash = await svc.passwords.hash(body.new_password)
     await svc.store.change_password(user["org_id"], user["id"], new_hash)
     return await _token_pair(svc, user)
 

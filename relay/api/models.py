@@ -81,6 +81,14 @@ class UserEnvelope(Response):
     user: User
 
 
+class SignupAccepted(Response):
+    """The answer to every acceptable signup, whether or not the email already had an
+    account (decision 66): nothing in it, its status or its timing tells them apart."""
+
+    email: str = Field(description="The normalised email; log in with it and the password given.")
+    detail: str
+
+
 # -- devices ---------------------------------------------------------------------------
 
 Tag = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
@@ -217,6 +225,12 @@ class AuditQuery(Request):
     since: str | None = Field(default=None, max_length=40)
     limit: int = Field(default=500, ge=1, le=5000)
     cursor: str | None = Field(default=None, max_length=128)
+
+
+class BatchQuery(Request):
+    device_id: str | None = Field(default=None, max_length=128)
+    limit: int = Field(default=1000, ge=1, le=5000)
+    cursor: str | None = Field(default=None, max_length=160)
 
 
 class AuditRecordOut(Response):

@@ -7,9 +7,9 @@ from coact.policy.errors import ParamsError
 from coact.policy.risk import assess
 from coact.relay.api.context import services
 from coact.relay.api.models import CreateTaskRequest, Page, Task, TaskQuery
-from coact.relay.errors import BadRequest, NotFound
+from coact.relay.errors import BadRequest, NotFound, TooManyRequests
 from coact.relay.routing import ANY_USER, OPERATOR, Call, RouteTable
-from coact.relay.storage import Row
+from coact.relay.storage import Row, page_was_cut
 from coact.shared.canonical import canonical_json
 from coact.shared.clock import from_rfc3339, to_rfc3339
 from coact.shared.errors import CanonicalizationError
@@ -23,10 +23,13 @@ def task_view(task: Row) -> Task:
 
 @routes.route("POST", "/api/v1/tasks", access=OPERATOR, body=CreateTaskRequest, response=Task, status=201,
               summary="Create a task for a device; it is queued until the device is online",
-              errors=(400, 404, 409))
+              errors=(400, 404, 409, 429))
 async def create_task(call: Call) -> Task:
     svc = services(call.request)
     body: CreateTaskRequest = call.body
+    wait = svc.task_quotas.retry_after(call.user.subject, call.user.org_id)
+    if wait:
+        raise TooManyRequests(f"task creation quota reached; try again in {wait} s", retry_after=wait)
     try:
         params = validate_params(body.action, body.params)
         # The agent journals and audits the params as canonical JSON: what has no
@@ -47,6 +50,7 @@ async def create_task(call: Call) -> Task:
         expires_at = to_rfc3339(expires)
     else:
         expires_at = svc.store.later(svc.settings.task_default_ttl_s)
+    svc.task_quotas.take(call.user.subject, call.user.org_id)  # a valid request, stored or not
     risk = assess(body.action, params)
     # A device connected to this relay gets the task straight from here; otherwise it
     # waits in the queue for the device's session, here or on another relay.
@@ -70,15 +74,19 @@ async def create_task(call: Call) -> Task:
 
 
 @routes.route("GET", "/api/v1/tasks", access=ANY_USER, query=TaskQuery, response=Page[Task],
-              summary="List tasks, newest first, optionally by device and status")
+              summary="List tasks, newest first, optionally by device and status; a page holds at most limit tasks "
+                      "and page_max_bytes of their params and results")
 async def list_tasks(call: Call) -> Page[Task]:
     svc = services(call.request)
     query: TaskQuery = call.query
     rows = await svc.store.list_tasks(
-        call.user.org_id, device_id=query.device_id, status=query.status, limit=query.limit + 1, cursor=query.cursor
+        call.user.org_id, device_id=query.device_id, status=query.status, limit=query.limit + 1, cursor=query.cursor,
+        max_bytes=svc.settings.page_max_bytes,
     )
-    items = [task_view(r) for r in rows[: query.limit]]
-    return Page[Task](items=items, next_cursor=items[-1].id if len(rows) > query.limit else None)
+    # A page ends at `limit` tasks or at page_max_bytes of them, whichever comes first.
+    more = page_was_cut(rows) or len(rows) > query.limit
+    items = [task_view(r) for r in rows[: min(query.limit, len(rows) - page_was_cut(rows))]]
+    return Page[Task](items=items, next_cursor=items[-1].id if more and items else None)
 
 
 @routes.route("GET", "/api/v1/tasks/{id}", access=ANY_USER, response=Task,

@@ -36,6 +36,20 @@ from coact.shared.chain import GENESIS, ChainHead, make_record  # noqa: E402
 from coact.shared.clock import SystemClock  # noqa: E402
 
 
+def all_batches(api: Any, device_id: str | None = None) -> list[dict[str, Any]]:
+    """Every signed batch of the org (the route pages them, decision 69)."""
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        query = "limit=5000" + (f"&device_id={device_id}" if device_id else "") + (f"&cursor={cursor}" if cursor else "")
+        page = api.get(f"/api/v1/audit/batches?{query}").body
+        out.extend(page["items"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return out
+
+
+
 def sample_rows(count: int, devices: int = 100) -> list[list[Any]]:
     """Rows shaped like the relay's audit_records inserts (real chained records)."""
     rows: list[list[Any]] = []
@@ -76,7 +90,7 @@ def ingest(agents: int, backlog: int, *, workdir: Path, profile: Path | None = N
         # the fleet's start to its drain (connecting 50 agents is a small part of it).
         relay_cpu = perfkit.cpu_seconds(relay.proc.pid) - relay_cpu
         total = agents * (backlog + 1)  # + each agent's agent.start record
-        heads = {r["device_id"]: r["last_seq"] for r in api.get("/api/v1/audit/batches").body["items"]}
+        heads = {r["device_id"]: r["last_seq"] for r in all_batches(api)}
     finally:
         if spy is not None:
             spy.wait(120)
@@ -140,7 +154,7 @@ def drain(records: int, *, workdir: Path, profile: Path | None = None,
             if time.monotonic() - start > 900:
                 raise AssertionError(f"outbox not drained after 900 s: {pending()} left")
         elapsed = time.monotonic() - start
-        head = api.get("/api/v1/audit/batches").body["items"]
+        head = all_batches(api, device_id)
         last_seq = max((b["last_seq"] for b in head if b["device_id"] == device_id), default=0)
     finally:
         if spy is not None:

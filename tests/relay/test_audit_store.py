@@ -351,3 +351,22 @@ def test_overlapping_rebatch_is_read_once(store: AuditStore, org: str) -> None:
     assert store.count(org) == 5
     assert [r["seq"] for r in store.records(org)] == [1, 2, 3, 4, 5]
     assert verify_org(store, org) == ()
+
+
+def test_batches_page_by_chain_and_last_seq(store: AuditStore, org: str) -> None:
+    for device_id in ("dev-a", "dev-b"):
+        records = chain(device_id, 6)
+        for end in (2, 4, 6):
+            put(store, org, records[:end])
+    everything = [(b["device_id"], b["last_seq"]) for b in store.batches(org)]
+    assert everything == [("dev-a", 2), ("dev-a", 4), ("dev-a", 6), ("dev-b", 2), ("dev-b", 4), ("dev-b", 6)]
+    pages, after = [], None
+    while True:
+        page = [(b["device_id"], b["last_seq"]) for b in store.batches(org, after=after, limit=4)]
+        pages.append(page)
+        if len(page) < 4:
+            break
+        after = page[-1]
+    assert [len(p) for p in pages] == [4, 2]
+    assert [b for p in pages for b in p] == everything
+    assert [b["last_seq"] for b in store.batches(org, "dev-b", after=("dev-b", 2), limit=1)] == [4]

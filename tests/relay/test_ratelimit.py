@@ -111,3 +111,36 @@ def test_never_more_than_limit_failures_pass_in_a_window(gaps: list[float]) -> N
             window.fail("k")
     for i, start in enumerate(allowed):
         assert sum(1 for t in allowed[i:] if t < start + 60) <= 3
+
+
+def test_token_bucket_burst_then_rate_and_refilled_keys_are_forgotten() -> None:
+    from coact.relay.ratelimit import TokenBuckets
+
+    clock = Ticks()
+    buckets = TokenBuckets(rate=2, burst=3, clock=clock)
+    for _ in range(3):
+        assert buckets.retry_after("u") == 0
+        buckets.take("u")
+    assert buckets.retry_after("u") == pytest.approx(0.5)  # one token per 0.5 s
+    clock.now += 0.5
+    assert buckets.retry_after("u") == 0
+    buckets.take("u")
+    assert buckets.retry_after("other") == 0
+    clock.now += 10  # "u" is full again: the next take of another key forgets it
+    buckets.take("other")
+    assert len(buckets) == 1
+
+
+def test_signup_limits_count_per_address_and_for_the_relay() -> None:
+    from coact.relay.ratelimit import SignupLimits
+
+    clock = Ticks()
+    limits = SignupLimits.create(per_address=2, per_relay=3, window_s=60, clock=clock)
+    limits.attempt("a")
+    limits.attempt("a")
+    assert limits.retry_after("a") == 60
+    assert limits.retry_after("b") == 0
+    limits.attempt("b")
+    assert limits.retry_after("c") == 60  # the relay-wide window is full
+    limits.withdraw("b")
+    assert limits.retry_after("c") == 0

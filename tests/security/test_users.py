@@ -152,7 +152,7 @@ def test_bad_admin_input_is_refused_without_side_effects(relay: Relay) -> None:
         (patch(admin, viewer["id"], {"disabled": "yes please"}), 400, "body.disabled"),
         (admin.request("PATCH", "/api/v1/admin/users/..%2f..%2fetc", {"role": "admin"}), 404, ""),
         (admin.request("PATCH", "/api/v1/admin/users/%2e%2e", {"role": "admin"}), 404, ""),
-        (admin.post("/api/v1/admin/users", {"email": viewer["email"], "role": "viewer", "password": PASSWORD}), 409, "already exists"),
+        (admin.post("/api/v1/admin/users", {"email": viewer["email"], "role": "viewer", "password": PASSWORD}), 409, "cannot be given to a new user"),
         (admin.post("/api/v1/admin/users", {"email": "weak@example.com", "role": "viewer", "password": "short"}), 400, "body.password"),
         (admin.post("/api/v1/admin/users", {"email": "nobody", "role": "viewer", "password": PASSWORD}), 400, "body.email"),
         (admin.post("/api/v1/admin/users", {"email": "r@example.com", "role": "owner", "password": PASSWORD}), 400, "body.role"),
