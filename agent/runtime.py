@@ -265,6 +265,10 @@ class Agent:
             log.info("connected to %s as %s", self.identity.relay_url, self.identity.device_id)
             try:
                 await self._serve(_Link(ws), stop)
+                # A clean close (1000, or 1001 from a relay going away) ends the frame
+                # loop without an exception: say who closed it and why.
+                if not stop.is_set():
+                    self.last_error = f"connection closed by the relay: {ws.close_code} {ws.close_reason or ''}".rstrip()
             except ConnectionClosed as exc:
                 self._raise_if_revoked(exc)
                 self.last_error = f"connection closed: {exc}"

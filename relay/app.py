@@ -121,7 +121,16 @@ def create_app(settings: Settings, clock: Clock | None = None) -> web.Applicatio
             passwords.close()
 
     app.cleanup_ctx.append(resources)
+    # Agents' sockets are closed when shutdown starts, not at cleanup: aiohttp waits for
+    # every handler to return before it cleans up, and an agent's lasts as long as its
+    # connection (a connected agent once held a stopping relay 70 s, issue 15).
+    app.on_shutdown.append(_close_agent_sockets)
     return app
+
+
+async def _close_agent_sockets(app: web.Application) -> None:
+    if SERVICES in app:
+        await app[SERVICES].hub.close_all()
 
 
 async def _stop(tasks: list[asyncio.Task[None]]) -> None:

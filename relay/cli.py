@@ -43,8 +43,15 @@ def serve(data_dir: Path | None, host: str | None, port: int | None, database_ur
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    click.echo(f"coact relay listening on {settings.effective_public_url} (data in {settings.data_dir})", err=True)
-    run(create_app(settings), settings)
+    from coact.relay.server import RelayStartError
+
+    def listening() -> None:
+        click.echo(f"coact relay listening on {settings.effective_public_url} (data in {settings.data_dir})", err=True)
+
+    try:
+        run(create_app(settings), settings, on_listening=listening)
+    except RelayStartError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @relay_group.group("keys")

@@ -153,8 +153,12 @@ class Hub:
             await session.ws.close(code=code, message=reason.encode()[:120])
 
     async def close_all(self) -> None:
-        for session in list(self.sessions.values()):
-            await session.ws.close(code=1001, message=b"relay shutting down")
+        """Close every agent socket with 1001 "going away", all at once: each close waits
+        for its agent's reply, and a fleet's one after another would take minutes."""
+        await asyncio.gather(
+            *(session.ws.close(code=1001, message=b"relay shutting down") for session in list(self.sessions.values())),
+            return_exceptions=True,
+        )
 
     # -- session ------------------------------------------------------------------------
 

@@ -13,18 +13,85 @@ relay out of them (``EMFILE``) and nobody else could connect (issue 14). Here:
   header do not extend it (slowloris).
 * The request head is bounded (line, field and header count); the body's read time
   is bounded in :mod:`coact.relay.routing`.
+
+Starting and stopping, as an admin sees them (issue 15): the data directory is locked
+to this process and the port is bound *before* anything else opens, so a relay still
+running or still stopping on the same directory, or a port in use, is one line that
+says what to do (:class:`RelayStartError`) and "listening" is never printed before the
+socket is bound. On SIGINT/SIGTERM the listening socket closes, every agent and user
+socket gets 1001 "going away" at once (``on_shutdown``, before aiohttp waits for
+handlers), in-flight requests get :data:`SHUTDOWN_GRACE_S` to finish, then the
+resources close: the audit records already verified are stored, and a batch not yet
+acknowledged stays in its agent's outbox and is sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
+import logging
+import os
+import socket
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
 
 from aiohttp import web
 
 from coact.relay.settings import Settings
+
+log = logging.getLogger("coact.relay.server")
+
+# How long in-flight requests may take to finish once the relay is stopping; the
+# long-lived sockets are closed before this wait starts, so it is rarely used up.
+SHUTDOWN_GRACE_S = 5.0
+LOCK_NAME = "relay.lock"
+
+
+class RelayStartError(Exception):
+    """The relay cannot start; the message says why and what to do, in one line."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``DATA_DIR/relay.lock`` for this process's lifetime (the kernel lets go when
+    it exits, however it exits). The embedded audit engine serves one process per
+    directory, and two relays on one SQLite file would fight over its write lock."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle = (data_dir / LOCK_NAME).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RelayStartError(
+            f"the data directory {data_dir} is in use by relay process {holder}, still running or still "
+            "stopping; stop it (or wait for it to exit), or give this relay another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the relay opens anything else."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise RelayStartError(
+                f"port {port} on {host} is already in use (another relay, or another program); stop it, "
+                "or choose another --port (COACT_PORT)"
+            ) from None
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise RelayStartError(f"not allowed to listen on {host}:{port}; choose a port above 1023") from None
+        raise RelayStartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 class ConnectionLimits:
@@ -102,18 +169,18 @@ class _AdmittedProtocol(asyncio.Protocol):
 class LimitedTCPSite(web.BaseSite):
     """A TCP site whose connections pass :class:`ConnectionLimits` first."""
 
-    __slots__ = ("_host", "_port", "_limits")
+    __slots__ = ("_sock", "_limits")
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits,
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, limits: ConnectionLimits,
                  *, backlog: int = 128) -> None:
         super().__init__(runner, backlog=backlog)
-        self._host = host
-        self._port = port
+        self._sock = sock
         self._limits = limits
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self._port}"
+        host, port = self._sock.getsockname()[:2]
+        return f"http://{host}:{port}"
 
     async def start(self) -> None:
         await super().start()
@@ -121,8 +188,7 @@ class LimitedTCPSite(web.BaseSite):
         assert server is not None
         limits = self._limits
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _AdmittedProtocol(server(), limits), self._host, self._port,
-            backlog=self._backlog, reuse_address=True,
+            lambda: _AdmittedProtocol(server(), limits), sock=self._sock, backlog=self._backlog,
         )
 
 
@@ -137,22 +203,32 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def _serve(app: web.Application, settings: Settings) -> None:
-    runner = web.AppRunner(app, handle_signals=True, **runner_options(settings))
-    await runner.setup()
+async def _serve(app: web.Application, settings: Settings, sock: socket.socket,
+                 on_listening: Callable[[], None]) -> None:
+    runner = web.AppRunner(app, handle_signals=True, shutdown_timeout=SHUTDOWN_GRACE_S, **runner_options(settings))
+    try:
+        await runner.setup()  # opens the state database, keys and audit store
+    except Exception as exc:
+        log.debug("start-up failed", exc_info=True)
+        raise RelayStartError(f"the relay could not start: {exc}") from None
     try:
         limits = ConnectionLimits(settings.max_connections_per_address, settings.max_connections)
-        await LimitedTCPSite(runner, settings.host, settings.port, limits, backlog=1024).start()
+        await LimitedTCPSite(runner, sock, limits, backlog=1024).start()
+        on_listening()
         await asyncio.Event().wait()  # until SIGINT/SIGTERM (GracefulExit)
     finally:
         await runner.cleanup()
 
 
-def run(app: web.Application, settings: Settings) -> None:
-    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (as run_app does)."""
+def run(app: web.Application, settings: Settings, on_listening: Callable[[], None] = lambda: None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully (module docs).
+    Raises :class:`RelayStartError` if it cannot start; ``on_listening`` is called once
+    the socket accepts connections."""
+    lock = lock_data_dir(settings.data_dir)
+    sock = bind(settings.host, settings.port)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(app, settings))
+    main = loop.create_task(_serve(app, settings, sock, on_listening))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -160,7 +236,7 @@ def run(app: web.Application, settings: Settings) -> None:
     finally:
         if not main.done():
             main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, RelayStartError):
                 loop.run_until_complete(main)
         rest = asyncio.all_tasks(loop)
         for task in rest:
@@ -168,3 +244,5 @@ def run(app: web.Application, settings: Settings) -> None:
         loop.run_until_complete(asyncio.gather(*rest, return_exceptions=True))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+        sock.close()
+        lock.close()
