@@ -98,8 +98,11 @@ def quickstart(data_dir: Path, port: int, exit_after_demo: bool) -> None:
             creds = json.loads(creds_path.read_text())
         else:
             creds = {"email": ADMIN_EMAIL, "password": secrets.token_urlsafe(18)}
-            _step(f"creating the first organisation and its admin {ADMIN_EMAIL}")
-            _call(base, "POST", "/api/v1/auth/signup", {**creds, "org_name": "Quickstart"})
+            _step(f"creating the first organisation and its admin {ADMIN_EMAIL} (coact relay create-admin)")
+            # Signup is off on a self-hosted relay: its first admin is made on its own machine.
+            subprocess.run(_coact("relay", "create-admin", "--data-dir", str(relay_dir), "--email", creds["email"],
+                                  "--org-name", "Quickstart", "--password-stdin"),
+                           input=(creds["password"] + "\n").encode(), check=True, stdout=subprocess.DEVNULL)
             fd = os.open(creds_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as handle:
                 json.dump(creds, handle)

@@ -28,7 +28,7 @@ class Settings:
     database_url: str = _setting("", "SQLAlchemy URL of the state database. Default: SQLite in DATA_DIR/relay.db. PostgreSQL: postgresql://user@host/db (psycopg).", secret=True)
     audit_url: str = _setting("", "ClickHouse for audit records: chdb:///path (embedded) or http://user:pass@host:8123/db. Default: chdb:///DATA_DIR/audit.", secret=True)
     relay_id: str = _setting("relay-1", "Name of this relay process; its own audit events form one chain per org, 'relay:RELAY_ID:ORG_ID'.")
-    allow_signup: bool = _setting(True, "Whether POST /auth/signup may create new organisations.")
+    allow_signup: bool = _setting(False, "Whether POST /auth/signup may create new organisations: on for a multi-tenant relay, off (the default) for a self-hosted one, whose first admin `coact relay create-admin` makes.")
     access_token_ttl_s: int = _setting(300, "Lifetime of user access tokens, in seconds.")
     device_token_ttl_s: int = _setting(600, "Lifetime of device access tokens, in seconds.")
     refresh_token_ttl_s: int = _setting(30 * 86400, "Lifetime of a refresh token family, in seconds.")

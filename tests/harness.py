@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Cheap argon2 for tests only; production defaults are OWASP's.
 TEST_ENV = {
+    # Tests make an org per test through signup, as a multi-tenant relay allows; the
+    # default (off) has its own test (tests/cli/test_create_admin.py).
+    "COACT_ALLOW_SIGNUP": "true",
+    # Cheap argon2 for tests only; production defaults are OWASP's.
     "COACT_PASSWORD_TIME_COST": "1",
     "COACT_PASSWORD_MEMORY_KIB": "8192",
     "COACT_PASSWORD_PARALLELISM": "1",

@@ -59,7 +59,8 @@ async def signup(call: Call) -> SignupAccepted:
     svc = services(call.request)
     body: SignupRequest = call.body
     if not svc.settings.allow_signup:
-        raise Forbidden("signup is disabled on this relay")
+        raise Forbidden("signup is off on this relay: its admin adds users (POST /api/v1/admin/users), and a new "
+                        "relay's first admin is made on its machine with `coact relay create-admin`")
     address = client_address(call)
     wait = svc.signup_limits.retry_after(address)
     if wait:

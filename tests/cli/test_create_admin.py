@@ -7,6 +7,8 @@ from pathlib import Path
 
 from harness import PASSWORD, Relay, run_cli
 
+from coact.relay.settings import Settings
+
 
 def test_the_first_admin_is_created_offline_and_logs_in_to_the_relay(tmp_path: Path) -> None:
     data = tmp_path / "relay"
@@ -50,3 +52,15 @@ def test_an_existing_email_a_weak_password_or_a_bad_email_change_nothing(tmp_pat
     assert "is not an email address" in bad.stderr
     for output in (again, weak, bad):
         assert "Traceback" not in output.stderr
+
+
+def test_signup_is_off_by_default_and_the_refusal_says_how_to_get_an_admin(tmp_path: Path) -> None:
+    assert Settings().allow_signup is False
+    relay = Relay(tmp_path / "relay", env={"COACT_ALLOW_SIGNUP": "false"})
+    relay.start()
+    try:
+        refused = relay.api().post("/api/v1/auth/signup", {"email": "x@example.com", "password": PASSWORD})
+        assert refused.status == 403
+        assert "coact relay create-admin" in refused.body["detail"]
+    finally:
+        relay.stop()
