@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import platform
 import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -29,7 +30,7 @@ OUTPUT_OPTION = click.option("--output", type=click.Choice(["text", "json"]), de
 EXIT_REVOKED = 3
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -107,6 +108,7 @@ def run(data_dir: Path, log_level: str) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, agent.reload_requested.set)  # `coact agent reload`
         try:
             await agent.run(stop)
         finally:
@@ -121,6 +123,51 @@ def run(data_dir: Path, log_level: str) -> None:
         sys.exit(EXIT_REVOKED)
     except AgentError as exc:
         fail(str(exc))
+
+
+@agent_group.command("reload")
+@DATA_DIR_OPTION
+@OUTPUT_OPTION
+@click.option("--timeout", type=click.FloatRange(min=1), default=10, show_default=True, metavar="SECONDS",
+              help="How long to wait for the agent to say how the reload went.")
+def reload(data_dir: Path, output: str, timeout: float) -> None:
+    """Make the running agent read its policy file again (it also does so by itself
+    within seconds of a change). A policy that does not load is refused and the
+    previous one stays in force; this exits 1 and says why."""
+    import time
+
+    directory = DataDir(data_dir)
+
+    def state() -> dict[str, Any]:
+        try:
+            loaded: dict[str, Any] = json.loads(directory.state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded
+
+    pid = state().get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        fail(f"no running agent found for {data_dir} (no state file); start it with `coact agent run`")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        fail(f"the agent of {data_dir} (pid {pid}) is not running; start it with `coact agent run`")
+    except PermissionError:
+        fail(f"not allowed to signal the agent (pid {pid}): run this as the agent's user")
+    before = state().get("policy_checked_at")
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while (now := state()).get("policy_checked_at") == before:
+        if time.monotonic() > deadline:
+            fail(f"the agent (pid {pid}) did not answer within {timeout:g} s; see its log")
+        time.sleep(0.05)
+    result = {"pid": pid, "policy_sha256": now.get("policy_sha256"), "policy_error": now.get("policy_error")}
+    if output == "json":
+        click.echo(json.dumps(result))
+    elif result["policy_error"] is None:
+        click.echo(f"The agent (pid {pid}) runs the policy with SHA-256 {result['policy_sha256']}.")
+    if result["policy_error"] is not None:
+        fail(f"the new policy was refused and the previous one stays in force: {result['policy_error']}")
 
 
 @agent_group.command("status")

@@ -47,6 +47,7 @@ from coact.agent.frames import (
     encode,
     parse_relay_frame,
 )
+from coact.agent.policy_file import PolicyFile
 from coact.agent.store import AgentStore, AuditItem
 from coact.agent.tasks import TaskRunner
 from coact.shared import keys
@@ -80,6 +81,9 @@ class AgentOptions:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
     max_parallel_tasks: int = 4
+    # How often the policy file is checked for a change (None: only on SIGHUP); the
+    # fleet simulator, whose policies live in memory, checks none.
+    policy_poll_s: float | None = 2.0
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -171,7 +175,10 @@ class Agent:
         self.options = options or AgentOptions()
         self.identity = data_dir.identity()
         self.key = data_dir.private_key()
-        self.policy = data_dir.policy()
+        self.policy_file = PolicyFile(data_dir)
+        self.policy = self.policy_file.policy
+        self.policy_checked_at: str | None = None
+        self.reload_requested = asyncio.Event()  # SIGHUP, from `coact agent reload`
         self.store = store or AgentStore(data_dir.db_path, self.identity.device_id, self.clock)
         self.runner = TaskRunner(self.store, self.policy, self.clock)
         self.audit_wakeup = asyncio.Event()
@@ -211,6 +218,7 @@ class Agent:
         except Exception:  # a full disk, say: they stay journaled as running and are settled next start
             log.exception("tasks interrupted by the last stop could not be settled yet")
         attempt = 0
+        watcher = asyncio.create_task(self._watch_policy(), name="policy-watch")
         try:
             while not stop.is_set():
                 retry_after = None
@@ -238,9 +246,42 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             self.connected = False
             await self.audit("agent.stop", {})
             self._write_state()
+
+    async def _watch_policy(self) -> None:
+        """Reload the policy on request (SIGHUP) or when its file changes (module
+        coact.agent.policy_file). A failure here never ends the agent."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reload_requested.wait(), self.options.policy_poll_s)
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                reason = "requested"
+            elif await asyncio.to_thread(self.policy_file.changed_on_disk):
+                reason = "file changed"
+            else:
+                continue
+            try:
+                await self.reload_policy(reason)
+            except Exception:  # an audit write on a full disk, say: the policy in force stays
+                log.exception("policy reload failed")
+
+    async def reload_policy(self, reason: str) -> None:
+        outcome = await asyncio.to_thread(self.policy_file.reload)
+        self.policy_checked_at = to_rfc3339(self.clock.now())
+        if outcome.kind == "policy.reloaded":
+            self.policy = self.runner.policy = self.policy_file.policy
+            log.info("policy reloaded (%s): sha256 %s", reason, outcome.data["sha256"])
+        elif outcome.kind == "policy.reload_failed":
+            log.error("new policy refused, the previous one stays in force: %s", outcome.data["error"])
+        if outcome.kind is not None:
+            await self.audit(outcome.kind, {**outcome.data, "reason": reason})
+        self._write_state()
 
     async def _connect_once(self, stop: asyncio.Event) -> bool:
         token = await asyncio.to_thread(
@@ -428,6 +469,9 @@ class Agent:
             "updated_at": to_rfc3339(self.clock.now()),
             "last_error": self.last_error,
             "disk_full": self.store.full,
+            "policy_sha256": self.policy_file.sha256,
+            "policy_error": self.policy_file.error,
+            "policy_checked_at": self.policy_checked_at,
         }
         with contextlib.suppress(OSError):
             write_atomic(self.data_dir.state_path, json.dumps(state).encode(), mode=0o600)

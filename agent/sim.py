@@ -394,7 +394,8 @@ class Fleet:
                  heads: Mapping[str, ChainHead] | None = None) -> None:
         self.options = options
         self.counters = Counters()
-        agent_options = AgentOptions(heartbeat_s=options.heartbeat_s, max_parallel_tasks=options.max_parallel_tasks)
+        agent_options = AgentOptions(heartbeat_s=options.heartbeat_s, max_parallel_tasks=options.max_parallel_tasks,
+                                     policy_poll_s=None)
         heads = heads or {}
         self.agents: list[SimAgent] = []
         for identity in identities:
