@@ -186,6 +186,7 @@ class Agent:
         self.rng = random.Random()
         self.connected = False
         self.last_error: str | None = None
+        self.revoked_at: str | None = None
         # Lifecycle records a full disk kept from the outbox, written first once it has room.
         self.unwritten: list[tuple[str, dict[str, Any], str]] = []
         self.reported_full: str | None = None  # the disk-full state the last heartbeat carried
@@ -228,7 +229,10 @@ class Agent:
                         attempt = 0
                     if stop.is_set():
                         break
-                except RevokedError:
+                except RevokedError as exc:
+                    # Said in the state file, so `coact agent status` tells why it stopped.
+                    self.revoked_at = to_rfc3339(self.clock.now())
+                    self.last_error = f"revoked by the relay at {self.revoked_at}: {exc}"
                     await self.audit("agent.revoked", {})
                     raise
                 except (OSError, TimeoutError, ConnectionClosed, InvalidStatus, AgentError,
@@ -468,6 +472,7 @@ class Agent:
             "connected": self.connected,
             "updated_at": to_rfc3339(self.clock.now()),
             "last_error": self.last_error,
+            "revoked_at": self.revoked_at,
             "disk_full": self.store.full,
             "policy_sha256": self.policy_file.sha256,
             "policy_error": self.policy_file.error,

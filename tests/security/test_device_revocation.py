@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Agent, Relay, wait_for, wait_online
+from harness import Agent, Relay, run_cli, wait_for, wait_online
 from principals import RawDevice
 from websockets.exceptions import ConnectionClosed
 
@@ -60,6 +60,13 @@ def test_revocation_ends_the_agent(relay: Relay, tmp_path: Path) -> None:
         assert "the relay revoked this device" in log, log[-2000:]
         assert "ask an admin to re-enroll it" in log, log[-2000:]
         assert "connection to relay failed" not in log.split("revoked")[-1]
+        # `coact agent status` says it was revoked, and when, not "connected False".
+        status = json.loads(run_cli("agent", "status", "--data-dir", str(agent.data_dir), "--output", "json").stdout)
+        assert status["connected"] is False
+        assert status["revoked_at"]
+        assert status["last_error"].startswith(f"revoked by the relay at {status['revoked_at']}")
+        text = run_cli("agent", "status", "--data-dir", str(agent.data_dir)).stdout
+        assert "revoked by the relay at" in text
     finally:
         agent.stop()
     # Every later token request fails, however correctly signed.
